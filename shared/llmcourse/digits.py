@@ -213,7 +213,7 @@ def make_interleaved(images: torch.Tensor, labels: torch.Tensor, n: int, tokeniz
     if n < 1 or M < 1:
         raise ValueError(f"n ({n}) and images_per_sequence ({M}) must be >= 1")
     pick = torch.randint(0, len(labels), (n, M), generator=generator)  # (B, M)
-    chunk = tokenizer.encode("<image> this is a")  # 5 tokens; the number word follows
+    chunk = tokenizer.encode("<image> this is a")  # 4 tokens; the number word follows
     rows, positions = [], []
     for b in range(n):
         row, pos = [tokenizer.BOS], []
