@@ -202,6 +202,22 @@ def test_quant_linear_equals_dequantized_weight(scheme):
     assert bits < (10 if "8" in scheme else 6)  # stored compactly (bias and scales included)
 
 
+def test_quant_linear_backward_recomputes_instead_of_saving_the_weight():
+    torch.manual_seed(0)
+    layer = Q.QuantLinear.from_linear(nn.Linear(96, 80), "nf4")
+    x = torch.randn(3, 96, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        y = layer(x)
+    assert sum(saved) < 96 * 80 / 10  # no dequantized (80, 96) weight kept for backward
+    (grad,) = torch.autograd.grad(y.square().sum(), x)
+    x2 = x.detach().clone().requires_grad_(True)
+    y2 = x2 @ layer.dequantized_weight().T + layer.bias
+    (grad2,) = torch.autograd.grad(y2.square().sum(), x2)
+    torch.testing.assert_close(y, y2)
+    torch.testing.assert_close(grad, grad2)
+
+
 def test_quant_linear_state_dict_roundtrip_and_errors():
     torch.manual_seed(0)
     layer = Q.NF4Linear.from_linear(nn.Linear(64, 16, bias=False), double_quant=True)

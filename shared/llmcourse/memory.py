@@ -151,7 +151,9 @@ def training_memory(n_params: float, activations: float = 0.0, trainable_params:
 
 
 def tensor_bytes(tensors) -> int:
-    """Bytes of distinct storages among ``tensors`` (an iterable; None entries are skipped)."""
+    """Bytes of distinct storages among ``tensors`` (an iterable; None entries are skipped). The tensors
+    must all be alive at once (pass a list, not a generator of temporaries, whose freed memory could be
+    reused at the same address)."""
     seen: dict[int, int] = {}
     for t in tensors:
         if isinstance(t, torch.Tensor):

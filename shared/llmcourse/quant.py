@@ -430,6 +430,28 @@ SCHEMES: dict[str, str] = {
 }
 
 
+class _DequantLinear(torch.autograd.Function):
+    """``y = x W^T`` with W dequantized in forward and *again* in backward (for ``dL/dx = dL/dy W``).
+
+    A plain ``F.linear(x, dequantized_weight)`` would make autograd keep the full-precision W alive from
+    the forward to the backward pass, for every layer at once: as much memory as the unquantized
+    model, which is what QLoRA must avoid. Recomputing costs a second dequantization and saves nothing
+    but a reference to the (packed) layer; bitsandbytes' ``MatMul4Bit`` does the same. W is frozen, so
+    it gets no gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, layer: "QuantLinear") -> torch.Tensor:
+        ctx.layer = layer
+        return F.linear(x, layer.dequantized_weight(x.dtype))
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        if not ctx.needs_input_grad[0]:
+            return None, None
+        return grad_out @ ctx.layer.dequantized_weight(grad_out.dtype), None
+
+
 class QuantLinear(nn.Module):
     """A frozen linear layer whose weight (N, K) is stored quantized and dequantized in ``forward``:
 
@@ -437,7 +459,8 @@ class QuantLinear(nn.Module):
 
     The weight lives in buffers (packed codes and scales), so it has no gradient and ``state_dict``
     holds the compact form; inputs flow through in their own dtype. This "weight-only" quantization
-    saves memory (and bandwidth), not arithmetic: the matmul itself still runs in floating point.
+    saves memory (and bandwidth), not arithmetic: the matmul itself still runs in floating point, and the
+    backward pass dequantizes again instead of keeping the full weight (see ``_DequantLinear``).
     ``in_features``/``out_features`` are kept so LoRA can wrap it (:class:`llmcourse.lora.LoRALinear`).
     Build one with :meth:`from_linear`.
     """
@@ -516,8 +539,8 @@ class QuantLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., K) -> (..., N), computed in x's dtype."""
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, self.dequantized_weight(x.dtype), bias)
+        y = _DequantLinear.apply(x, self)
+        return y if self.bias is None else y + self.bias.to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, scheme={self.scheme}"
