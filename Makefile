@@ -6,7 +6,7 @@
 #   make test        the whole test suite (package, notebooks, labs, grading pipeline, environment)
 #   make notebooks   re-execute every demo notebook and store its outputs (after editing a .py)
 #   make labs        regenerate the student labs in labs/ from solutions/ with nbgrader
-#   make grade SUBMISSIONS=<folder or zip>   grade a class (see README, instructors)
+#   make grade SUBMISSIONS=<folder or zip>   grade a class into grades/ (docs/INSTRUCTORS.md)
 #   make bench       print time budgets (demos, lab solutions, benchmarks)
 #   make lock        re-resolve constraints.txt (maintainers; needs uv)
 
@@ -28,7 +28,7 @@ export TRANSFORMERS_NO_ADVISORY_WARNINGS = 1
 export TOKENIZERS_PARALLELISM = false
 export PYTHONWARNINGS ?= ignore::DeprecationWarning
 
-.PHONY: install lab test test-fast notebooks labs grade bench lock clean help
+.PHONY: install sysdeps lab test test-fast notebooks labs grade bench lock clean help
 
 help:
 	@sed -n '1,14p' Makefile
@@ -48,11 +48,27 @@ $(STAMP): constraints.txt shared/pyproject.toml | $(PY)
 
 install: $(STAMP)
 
+# System packages for the grading sandbox (bubblewrap) and the browser test (Debian's chromium; Playwright
+# never downloads a browser). Installed with apt-get when missing and we are root; otherwise a loud
+# warning, and the tests that need them skip or run unsandboxed, saying so.
+SYSDEPS ?= bubblewrap:bwrap chromium:chromium
+sysdeps:
+	@missing=""; for dep in $(SYSDEPS); do command -v "$${dep#*:}" >/dev/null 2>&1 || missing="$$missing $${dep%%:*}"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing system packages:$$missing"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq$$missing >/dev/null) \
+	    || echo "WARNING: could not install$$missing: grading runs unsandboxed, the browser test is skipped"; \
+	else \
+	  echo "WARNING: missing system packages:$$missing (as root: apt-get install -y$$missing)."; \
+	  echo "WARNING: grading runs unsandboxed and the browser test is skipped until they are installed."; \
+	fi
+
 lab: install
 	@echo "Starting JupyterLab: open the http://127.0.0.1:$(PORT)/lab?token=... URL printed below."
 	$(VENV)/bin/jupyter lab --ip=127.0.0.1 --port=$(PORT) --no-browser --ServerApp.root_dir=$(CURDIR)
 
-test: install
+test: install sysdeps
 	$(PY) -m pytest -n $(JOBS) $(PYTEST_ARGS)
 
 # The package tests alone (no notebooks, no grading): a quick loop while editing shared/.
@@ -65,9 +81,14 @@ notebooks: install
 labs: install
 	$(PY) -m llmcourse.nbtools labs
 
+# Grading runs every notebook in a bubblewrap sandbox (installed here when missing and allowed).
+# Options: OUT=grades, GRADE_ARGS="--jobs 4 --cell-timeout 60 --memory 6 --lab lab1_transformers".
+OUT ?= grades
+GRADE_ARGS ?=
 grade: install
-	@test -n "$(SUBMISSIONS)" || (echo "usage: make grade SUBMISSIONS=<folder or zip of student notebooks>"; exit 2)
-	$(PY) -m llmcourse.grading "$(SUBMISSIONS)"
+	@test -n "$(SUBMISSIONS)" || (echo "usage: make grade SUBMISSIONS=<folder or zip of student notebooks> [OUT=grades]"; exit 2)
+	@$(MAKE) --no-print-directory sysdeps SYSDEPS="bubblewrap:bwrap"
+	$(PY) -m llmcourse.grading "$(SUBMISSIONS)" --out "$(OUT)" $(GRADE_ARGS)
 
 bench: install
 	$(PY) -m llmcourse.bench

@@ -37,6 +37,7 @@ import threading
 import time
 import traceback
 import types
+import warnings
 from collections import namedtuple
 
 _MISSING = object()
@@ -98,24 +99,38 @@ class Guard:
         self.tampered: list[str] = []
 
     # -------------------------------------------------------------- snapshot
-    def snapshot(self) -> None:
-        """Record the trusted environment: every loaded module's attributes, the attributes of the
-        classes they define, and the interpreter's hooks. Called before any student code runs."""
+    def snapshot(self, preload: list[str] = ()) -> None:
+        """Record the trusted environment before any student code runs: which module every name in
+        ``sys.modules`` is; the attributes of the modules the instructor's code imports (``preload``),
+        of their parents, of every ``*.testing`` module under them and of builtins, math, operator,
+        functools and llmcourse; the attributes of the classes found there; the interpreter's hooks.
+        (Every attribute of every module would be 150,000 entries: too slow to check on each call.)"""
         self.entries.clear()
         self.dirs.clear()
-        for name, module in list(sys.modules.items()):
-            if name == "__main__" or not isinstance(module, types.ModuleType):
-                continue
-            self.entries.append(("module", sys.modules, name, module, f"sys.modules[{name!r}]"))
-            namespace = getattr(module, "__dict__", None)
-            if not isinstance(namespace, dict):
-                continue
-            for key, value in list(namespace.items()):
-                if module is sys and key in _VOLATILE_SYS:
+        self.preload = list(preload)
+        wanted = {"builtins", "math", "operator", "functools", "sys"}
+        for name in self.preload:
+            parts = name.split(".")
+            wanted |= {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
+        roots = {name.split(".")[0] for name in wanted}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # deprecated aliases warn when touched
+            for name, module in list(sys.modules.items()):
+                if name in ("__main__", "__mp_main__") or not isinstance(module, types.ModuleType):
                     continue
-                self._record("dict", namespace, key, value, f"{name}.{key}")
-                if isinstance(value, type) and value.__module__ == name and id(value) not in self.dirs:
-                    self._record_class(value, f"{name}.{key}")
+                self.entries.append(("module", sys.modules, name, module, f"sys.modules[{name!r}]"))
+                root = name.split(".")[0]
+                critical = name in wanted or root == "llmcourse" or (root in roots and ".testing" in name)
+                namespace = getattr(module, "__dict__", None)
+                if not critical or not isinstance(namespace, dict):
+                    continue
+                for key, value in list(namespace.items()):
+                    if module is sys and key in _VOLATILE_SYS:
+                        continue
+                    self._record("dict", namespace, key, value, f"{name}.{key}")
+                    if isinstance(value, type) and id(value) not in self.dirs and \
+                            str(getattr(value, "__module__", "")).split(".")[0] in roots | {"llmcourse"}:
+                        self._record_class(value, f"{name}.{key}")
         self.sys_state = {key: getattr(sys, key) for key in ("excepthook", "displayhook", "breakpointhook")}
         self.sys_state["meta_path"] = list(sys.meta_path)
         self.sys_state["path_hooks"] = list(sys.path_hooks)
@@ -490,7 +505,7 @@ def main() -> int:
     sys.modules["__main__"] = main_module
     guard = Guard(ns)
     guard.answer_names = set(init.get("answer_names", []))
-    guard.snapshot()
+    guard.snapshot(init.get("preload", []))
     guard.index()
     shell_box: list = []
 
@@ -501,7 +516,7 @@ def main() -> int:
             sh = InteractiveShell.instance(user_module=main_module, user_ns=ns, history_length=0)
             sh.history_manager.enabled = False
             shell_box.append(sh)
-            guard.snapshot()
+            guard.snapshot(guard.preload)
             guard.index()
         return shell_box[0]
 

@@ -705,7 +705,7 @@ def grade_many(spec: LabSpec, notebooks: dict[str, Path], options: Options | Non
     """Grade ``{student: notebook}`` in parallel (``options.workers`` at once)."""
     options = options or default_options()
     mode, warning = sandbox.resolve_mode(options.sandbox)
-    if warning:
+    if warning and options.sandbox != "none":  # asked for a sandbox and did not get one
         print(f"WARNING: {warning}", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(prefix="llmcourse-work-", dir=scratch) as tmp:
         os.chmod(tmp, 0o700)
@@ -862,6 +862,9 @@ def grade_class(repo: Path, submissions: Path, out: Path, options: Options | Non
         labs = nbtools.lab_ids(course)
         if only and only not in labs:
             raise ValueError(f"--lab {only}: the course has {labs}")
+        _, warning = sandbox.resolve_mode(options.sandbox)
+        if warning:
+            print(f"{'!' * 78}\n{warning}\n{'!' * 78}", flush=True)
         found, problems = collect(submissions.resolve(), labs, Path(tmp), only)
         for problem in problems:
             print(f"note: {problem}", flush=True)
