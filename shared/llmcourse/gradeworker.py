@@ -1,9 +1,10 @@
 """The process that runs one student's notebook for the autograder (see ``llmcourse.grading``).
 
-It is started inside the sandbox (``llmcourse.sandbox``) as ``python -I -m llmcourse.gradeworker`` and
-talks to the grader over its standard input (requests, one JSON object a line) and a private copy of its
-standard output (signed replies). Its file descriptors 1 and 2 go to a log file, so output written by C
-code or ``os.write`` can never be taken for a reply.
+It is started inside the sandbox (``llmcourse.sandbox``) as ``python -s -P path/to/gradeworker.py`` (by
+path, so that torch is only imported when the lab needs it) and talks to the grader over its standard
+input (requests, one JSON object a line) and a private copy of its standard output (signed replies). Its
+file descriptors 1 and 2 go to a log file, so output written by C code or ``os.write`` can never be taken
+for a reply.
 
 Cells arrive one at a time, so a hidden test is only in this process while it runs. Each request is a
 *segment* of code with a trust level:
@@ -118,12 +119,12 @@ class Guard:
             for name, module in list(sys.modules.items()):
                 if name in ("__main__", "__mp_main__") or not isinstance(module, types.ModuleType):
                     continue
-                self.entries.append(("module", sys.modules, name, module, f"sys.modules[{name!r}]"))
                 root = name.split(".")[0]
                 critical = name in wanted or root == "llmcourse" or (root in roots and ".testing" in name)
                 namespace = getattr(module, "__dict__", None)
                 if not critical or not isinstance(namespace, dict):
                     continue
+                self.entries.append(("module", sys.modules, name, module, f"sys.modules[{name!r}]"))
                 for key, value in list(namespace.items()):
                     if module is sys and key in _VOLATILE_SYS:
                         continue

@@ -1,0 +1,163 @@
+"""The grader's parts on their own, in milliseconds: reading what students hand in, finding each
+student's file in a folder or zip, cutting test cells into visible and hidden segments, the static
+review flags, and the sandbox's command line."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from llmcourse import grading, sandbox
+
+from conftest import REPO
+
+LABS = ["lab1_transformers", "lab2_fine_tuning"]
+
+
+def _nb(cells: list[dict], **extra) -> dict:
+    return {"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5, **extra}
+
+
+def _code(source, **meta) -> dict:
+    return {"cell_type": "code", "source": source, "metadata": meta, "outputs": [], "execution_count": None}
+
+
+# ----------------------------------------------------------------------------- read_notebook
+@pytest.mark.parametrize("data, words", [
+    (b"", "empty"),
+    (b"   \n\t ", "only whitespace"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe", "not text"),
+    (b'{"cells": [', "invalid JSON at line 1"),
+    (b'["not", "a", "notebook"]', "no list of cells"),
+    (b'{"cells": "nope"}', "no list of cells"),
+])
+def test_unreadable_files_are_reported(tmp_path, data, words):
+    path = tmp_path / "lab1_transformers.ipynb"
+    path.write_bytes(data)
+    with pytest.raises(grading.SubmissionError, match=words):
+        grading.read_notebook(path)
+
+
+def test_notebook_shapes_from_other_editors_are_read_the_same(tmp_path):
+    """Sources as lists or strings, a BOM, missing metadata, Colab ids in metadata, duplicate ids."""
+    cells = [_code(["def f():\n", "    return 1\n"], nbgrader={"grade_id": "a", "solution": True}),
+             {"cell_type": "markdown", "source": "text", "id": "x"},
+             {**_code("f()"), "id": "x"},  # duplicate id
+             "garbage"]
+    path = tmp_path / "nb.ipynb"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(_nb(cells)).encode())
+    read, notes = grading.read_notebook(path)
+    assert [c.source for c in read] == ["def f():\n    return 1\n", "text", "f()"]
+    assert read[0].nbgrader == {"grade_id": "a", "solution": True} and read[1].nbgrader == {}
+    assert any("duplicate cell id" in n for n in notes) and any("malformed" in n for n in notes)
+
+
+def test_nbformat3_notebooks_are_converted(tmp_path):
+    v3 = {"nbformat": 3, "nbformat_minor": 0, "metadata": {"name": ""},
+          "worksheets": [{"cells": [{"cell_type": "code", "input": "x = 1", "language": "python", "outputs": [],
+                                     "metadata": {}}]}]}
+    path = tmp_path / "old.ipynb"
+    path.write_text(json.dumps(v3))
+    cells, _ = grading.read_notebook(path)
+    assert [c.source for c in cells] == ["x = 1"]
+
+
+# ----------------------------------------------------------------------------- collect
+def _write(base: Path, rel: str, data: bytes = b"{}") -> None:
+    (base / rel).parent.mkdir(parents=True, exist_ok=True)
+    (base / rel).write_bytes(data)
+
+
+def test_collect_finds_each_students_file_in_every_layout(tmp_path):
+    subs = tmp_path / "subs"
+    _write(subs, "alice/lab1_transformers.ipynb")
+    _write(subs, "alice/torch.py")  # ignored: not a lab file
+    _write(subs, "bob/lab1_transformers/lab1_transformers.ipynb")  # nbgrader's layout
+    _write(subs, "bob/lab2_fine_tuning/lab2_fine_tuning.ipynb")
+    _write(subs, "carol__lab1_transformers.ipynb")  # flat, nbgrader export style
+    _write(subs, "dave_lab1_transformers.ipynb")  # flat, LMS style
+    _write(subs, "erin/lab1_transformers.ipynb")
+    _write(subs, "erin/lab1_transformers-Copy1.ipynb")  # two candidates: the exact name wins
+    _write(subs, "frank/Untitled.ipynb")  # no lab named: reported
+    _write(subs, "gina/lab1_transformers.pdf")  # not a notebook: graded, so that it is reported
+    _write(subs, "alice/.ipynb_checkpoints/lab1_transformers-checkpoint.ipynb")
+    found, problems = grading.collect(subs, LABS, tmp_path / "work")
+    assert sorted(found["lab1_transformers"]) == ["alice", "bob", "carol", "dave", "erin", "gina"]
+    assert sorted(found["lab2_fine_tuning"]) == ["bob"]
+    assert found["lab1_transformers"]["erin"].name == "lab1_transformers.ipynb"
+    assert found["lab1_transformers"]["gina"].suffix == ".pdf"
+    assert any(p.startswith("erin: 2 files") for p in problems)
+    assert any(p.startswith("frank: no file") for p in problems)
+
+
+def test_collect_reads_a_zip_safely(tmp_path):
+    archive = tmp_path / "class.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("alice/lab1_transformers.ipynb", "{}")
+        zf.writestr("__MACOSX/alice/._lab1_transformers.ipynb", "junk")
+        zf.writestr("../../evil/lab1_transformers.ipynb", "{}")  # a path that climbs out
+    found, _ = grading.collect(archive, LABS, tmp_path / "work")
+    assert sorted(found["lab1_transformers"]) == ["alice", "evil"]
+    for path in found["lab1_transformers"].values():
+        assert (tmp_path / "work") in path.parents, f"{path} was unpacked outside the work folder"
+    assert not (tmp_path / "evil").exists()
+
+
+# ----------------------------------------------------------------------------- test segments
+def test_hidden_tests_become_their_own_segments_with_line_numbers_kept():
+    source = "a = 1\nassert a == 1\n### BEGIN HIDDEN TESTS\nassert a + 1 == 2\n### END HIDDEN TESTS\nb = 2\n"
+    steps = grading._test_steps(grading.SpecCell("test", source, "", "t", 1.0))  # noqa: SLF001
+    assert [s.hidden for s in steps] == [False, True, False]
+    assert [s.first_line for s in steps] == [1, 4, 6]
+    assert steps[1].source.splitlines()[3] == "assert a + 1 == 2"  # line 4 of the cell stays line 4
+
+
+def test_a_hidden_block_inside_a_loop_keeps_the_cell_whole():
+    source = "for i in range(2):\n    assert i < 2\n    ### BEGIN HIDDEN TESTS\n    assert i >= 0\n    ### END HIDDEN TESTS\n"
+    (step,) = grading._test_steps(grading.SpecCell("test", source, "", "t", 1.0))  # noqa: SLF001
+    assert step.hidden and "BEGIN HIDDEN" not in step.source
+    compile(step.source, "<cell>", "exec")
+
+
+# ----------------------------------------------------------------------------- review flags
+def test_review_flags_attacks_and_not_honest_code():
+    attack = ("import ctypes, sys\nnp.allclose = lambda *a: True\nf = sys._getframe(1)\n"
+              "class A:\n    def __eq__(self, o):\n        return True\n")
+    flags = grading.review([grading.Step("answer", attack, False)])
+    for words in ("imports ctypes", "assigns np.allclose", "uses ._getframe", "defines __eq__"):
+        assert any(words in f for f in flags), (words, flags)
+    honest = grading.answers_from_solution(REPO / "tests" / "grading" / "fixture_course" / "solutions" /
+                                           "fixture_lab" / "fixture_lab.py")
+    for lab_py in sorted((REPO / "solutions").glob("*/*.py")):
+        if lab_py.stem == lab_py.parent.name:
+            honest.update(grading.answers_from_solution(lab_py))
+    assert grading.review([grading.Step(k, v, False) for k, v in honest.items()]) == []
+    assert grading.review([grading.Step("instructor", attack, True)]) == []  # instructor code is trusted
+
+
+# ----------------------------------------------------------------------------- options and sandbox
+def test_options_and_limits_reject_nonsense():
+    with pytest.raises(ValueError, match="cell_timeout"):
+        grading.Options(cell_timeout=10, notebook_timeout=5)
+    with pytest.raises(ValueError, match="jobs"):
+        grading.Options(jobs=-1)
+    with pytest.raises(ValueError, match="memory_bytes"):
+        sandbox.Limits(memory_bytes=1 << 20)
+    with pytest.raises(ValueError, match="sandbox mode"):
+        sandbox.resolve_mode("docker")
+    assert grading.default_options(REPO).cell_timeout == 120.0  # nbgrader_config.py's Execute.timeout
+
+
+def test_sandbox_sees_python_and_the_package_but_not_the_course(tmp_path):
+    argv, inside = sandbox.command(["python", "-c", "pass"], tmp_path, "bwrap")
+    assert inside == sandbox.HOME and argv[-3:] == ["python", "-c", "pass"]
+    assert "--unshare-all" in argv and "--cap-drop" in argv and "--die-with-parent" in argv
+    visible = [Path(argv[i + 1]) for i, a in enumerate(argv) if a in ("--ro-bind", "--bind")]
+    for path in visible:
+        assert path != REPO and path not in REPO.parents, f"the sandbox would see the whole course: {path}"
+        assert "solutions" not in path.parts and "submitted" not in path.parts
+    assert (REPO / "shared" / "llmcourse").resolve() in visible
+    assert sandbox.command(["x"], tmp_path, "none") == (["x"], str(tmp_path))
