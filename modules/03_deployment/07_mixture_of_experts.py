@@ -130,23 +130,27 @@ print(f"assignments dropped at capacity factor 1.0: {int(dropped)} of {60 * 2}")
 
 # %% [markdown]
 # Compute per token stays that of one expert-sized FFN. Timing one MoE layer (8 experts, top-1) against
-# one dense FFN of the same width on 4096 tokens (the benchmark `benchmarks/bench_moe.py` does the same):
+# one dense FFN of the same width on 4096 tokens (as `benchmarks/bench_moe.py` does), on one thread so
+# that other programs on a shared machine disturb both measurements alike:
 
 # %%
 C = 256
 dense_ffn = FeedForward(C, 4 * C)
 moe_ffn = moe.MoEFeedForward(moe.MoEConfig(d_model=C, d_ff=4 * C, n_experts=8, top_k=1, capacity_factor=1.25))
 tokens = torch.randn(4096, C)
+threads = torch.get_num_threads()
+torch.set_num_threads(1)
 with torch.no_grad():
     t_dense = benchmark(dense_ffn, tokens, warmup=2, repeat=7)
     t_moe = benchmark(moe_ffn, tokens, warmup=2, repeat=7)
+torch.set_num_threads(threads)
 n_dense = sum(p.numel() for p in dense_ffn.parameters())
 print(f"dense FFN {t_dense * 1e3:.1f} ms, {n_dense / 1e6:.2f}M parameters")
 print(f"MoE layer {t_moe * 1e3:.1f} ms, {moe_ffn.num_parameters() / 1e6:.2f}M parameters "
       f"({moe_ffn.num_parameters(active=True) / 1e6:.2f}M active)")
-print(f"time ratio {t_moe / t_dense:.2f}×")
+print("MoE layer within 2x the dense time:", t_moe < 2 * t_dense)
 assert moe_ffn.num_parameters() > 7.9 * n_dense and moe_ffn.num_parameters(active=True) < 1.01 * n_dense
-assert t_moe < 3 * t_dense  # ~8x the parameters for ~1x the time (goal 1.5x; generous on a shared CPU)
+assert t_moe < 2 * t_dense  # ~8x the parameters for ~1x the time (bench goal: 1.5x on an idle machine)
 
 # %% [markdown]
 # ## Total vs active parameters
@@ -182,7 +186,7 @@ tokenizer = CharTokenizer.fit(text)
 train_tokens, val_tokens = train_val_split(tokenizer.encode(text), 0.1)
 gpt_config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=64, n_layer=2, n_head=4, d_model=64, d_ff=256)
 moe_config = moe.MoEConfig(d_model=64, d_ff=256, n_experts=8, top_k=1, capacity_factor=1.25)
-train_config = TrainConfig(steps=300, batch_size=16, lr=3e-3, warmup=20, min_lr=3e-4, eval_every=100,
+train_config = TrainConfig(steps=200, batch_size=16, lr=3e-3, warmup=20, min_lr=3e-4, eval_every=100,
                            eval_batches=10, seed=0)
 
 

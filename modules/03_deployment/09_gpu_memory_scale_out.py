@@ -158,6 +158,8 @@ ax.plot(lengths, eager, "s-", label="activations, eager attention (T×T scores)"
 ax.axhline(static, color="gray", ls="--", label="weights + grads + AdamW")
 ax.set(xscale="log", yscale="log", xlabel="sequence length T (batch 8)", ylabel="GB (fp32)",
        title="SmolLM2-135M training memory (calculator)")
+ax.set_xticks(lengths, [str(T) for T in lengths])
+ax.xaxis.set_minor_locator(plt.NullLocator())
 ax.legend()
 ax.grid(alpha=0.3)
 plt.show()
