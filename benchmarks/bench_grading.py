@@ -4,8 +4,9 @@ For every lab (and the grading tests' fixture lab), a class of ``--n`` submissio
 solution, the untouched release and the wrong submissions of ``tests/labs/<lab>.py``, in turn) is graded
 twice with ``llmcourse.grading`` on ``--jobs`` workers: once unsandboxed (``--sandbox none``: one process
 per notebook with the same limits and the same in-process guard) and once in bubblewrap. The table shows
-the wall-clock time of each run, the median time of one notebook, and the sandbox's overhead (goal:
-at most 20%). Both runs must give every student the same scores.
+the wall-clock time of each run, the median time of one notebook, the sandbox's overhead (goal: at most
+20%), and the median time to start one worker in each mode (the part of the overhead that does not
+depend on the machine's load). Both runs must give every student the same scores.
 
     python benchmarks/bench_grading.py [--n 30] [--jobs 2] [--labs lab1_transformers,...]
 
@@ -60,6 +61,18 @@ def make_class(course: Path, lab: str, source: Path, n: int, dest: Path) -> dict
     return notebooks
 
 
+def startup(spec: grading.LabSpec, mode: str, workdir: Path, repeat: int = 8) -> float:
+    """Median seconds to start a worker and have it import what the lab's instructor cells import."""
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        worker = grading.Worker(spec, workdir, grading.Options(jobs=1, sandbox=mode), mode)
+        worker.receive(120)
+        times.append(time.perf_counter() - start)
+        worker.close()
+    return statistics.median(times)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench_grading.py")
     parser.add_argument("--n", type=int, default=30)
@@ -75,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     options = grading.default_options(REPO, jobs=args.jobs)
     print(f"  {args.n} submissions per lab, {options.workers} at a time, cell timeout {options.cell_timeout:.0f} s, "
           f"{os.cpu_count()} CPUs")
-    print(f"  {'lab':<24} {'unsandboxed':>12} {'sandboxed':>10} {'overhead':>9} {'per notebook':>13}  scores")
+    print(f"  {'lab':<24} {'unsandboxed':>12} {'sandboxed':>10} {'overhead':>9} {'per notebook':>13} "
+          f"{'worker start (none / bwrap)':>28}  scores")
     failed = 0
     for solutions, lab in courses:
         if wanted and lab not in wanted:
@@ -84,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             course = grading.scratch_course(REPO, Path(tmp) / "course", solutions)
             notebooks = make_class(course, lab, solutions / lab / f"{lab}.py", args.n, Path(tmp) / "class")
             spec = grading.LabSpec.load(course, lab)
+            starts = {mode: startup(spec, mode, Path(tmp)) for mode in modes}
             wall, per, totals = {}, {}, {}
             for mode in modes:
                 opts = grading.Options(**{**options.__dict__, "sandbox": mode})
@@ -96,8 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         failed += not same
         sandboxed = f"{wall['bwrap']:9.1f}s" if "bwrap" in wall else "        -"
         overhead = f"{100 * (wall['bwrap'] / wall['none'] - 1):+8.0f}%" if "bwrap" in wall else "        -"
+        start_s = " / ".join(f"{starts[m]:.2f} s" for m in modes)
         print(f"  {lab:<24} {wall['none']:11.1f}s {sandboxed} {overhead} "
-              f"{per[modes[-1]]:12.1f}s  {'identical' if same else 'DIFFERENT'}", flush=True)
+              f"{per[modes[-1]]:12.1f}s {start_s:>28}  {'identical' if same else 'DIFFERENT'}", flush=True)
     return 1 if failed else 0
 
 

@@ -33,6 +33,8 @@ BWRAP_PROBLEM = sandbox.bwrap_problem()
 if BWRAP_PROBLEM:
     warnings.warn(f"\n\n{'!' * 78}\nNO SANDBOX FOR THE GRADING TESTS: {BWRAP_PROBLEM}\n"
                   f"The sandbox scenario is skipped; the others run unsandboxed.\n{'!' * 78}\n", stacklevel=1)
+HONEST = {"honest", "untouched", "honest_wrong", "edited_tests", "deleted_tests", "duplicated_cells", "infinite_loops",
+          "memory_hog", "stderr_noise", "extra_files", "colab", "colab_wrong", "vscode"}
 # Short limits keep the loops and crashes quick; they are generous for cells that take milliseconds.
 OPTIONS = grading.Options(cell_timeout=4.0, notebook_timeout=90.0, memory_gib=2.0, jobs=2)
 
@@ -86,6 +88,8 @@ def _check(result: grading.LabResult, scenario: scenarios.Scenario) -> None:
         assert any(scenario.note in n for n in result.notes), f"{result.student}: notes {result.notes}"
     if scenario.review:
         assert any(scenario.review in f for f in result.review), f"{result.student}: review flags {result.review}"
+    if result.student in HONEST:  # an honest student is never flagged for review
+        assert not result.review, f"{result.student}: flagged for review: {result.review}"
 
 
 @pytest.mark.parametrize("student", [s for s, sc in scenarios.SCENARIOS.items() if not sc.needs_bwrap])

@@ -556,7 +556,6 @@ def grade_notebook(spec: LabSpec, student: str, path: Path, options: Options, mo
         cells, notes = read_notebook(path)
     except (SubmissionError, OSError) as exc:
         result.error = str(exc)
-        result.reasons = {gid: "not graded: " + str(exc) for gid in result.max_scores}
         return result
     steps, result.answers, plan_notes = plan(spec, cells)
     result.notes += notes + plan_notes
@@ -851,10 +850,21 @@ def feedback_html(result: LabResult, spec: LabSpec) -> str:
             + "".join(parts) + "</body></html>")
 
 
+def calibration(course: Path, spec: LabSpec, options: Options, scratch: Path) -> LabResult:
+    """Grade the instructor's solution once, outside the sandbox (it is trusted code): it must get full
+    marks on this machine, and whatever it caches (converted models) is then there, read-only, for
+    the sandboxed students."""
+    source = course / "solutions" / spec.lab / f"{spec.lab}.ipynb"
+    notebook = make_submission(course / "labs" / spec.lab / f"{spec.lab}.ipynb", answers_from_solution(source),
+                               scratch / "calibration" / f"{spec.lab}.ipynb")
+    return grade_notebook(spec, "(solution)", notebook, options, "none", scratch)
+
+
 def grade_class(repo: Path, submissions: Path, out: Path, options: Options | None = None,
-                only: str | None = None, course: Path | None = None) -> list[LabResult]:
+                only: str | None = None, course: Path | None = None, calibrate: bool = True) -> list[LabResult]:
     """``make grade``: collect, grade every lab found, write the CSV and the feedback (see module doc).
-    ``course``: a scratch course made by :func:`scratch_course` (default: a new one from ``repo``)."""
+    ``course``: a scratch course made by :func:`scratch_course` (default: a new one from ``repo``);
+    ``calibrate``: grade the solution first (see :func:`calibration`)."""
     options = options or default_options(repo)
     out = out.resolve()
     with tempfile.TemporaryDirectory(prefix="llmcourse-grade-") as tmp:
@@ -871,6 +881,13 @@ def grade_class(repo: Path, submissions: Path, out: Path, options: Options | Non
         specs = {lab: LabSpec.load(course, lab) for lab in found}
         results = []
         for lab, notebooks in found.items():
+            if calibrate:
+                check = calibration(course, specs[lab], options, Path(tmp))
+                print(f"calibration: the solution of {lab} scores {_num(check.total)} / {_num(check.max_total)} "
+                      f"({check.seconds:.0f} s)", flush=True)
+                if check.total != check.max_total:
+                    print(f"{'!' * 78}\nWARNING: the solution of {lab} does not get full marks here: "
+                          f"{check.reasons}\nfix the environment before trusting these grades\n{'!' * 78}", flush=True)
             print(f"grading {len(notebooks)} submission(s) of {lab} ({options.workers} at a time) ...", flush=True)
             results += grade_many(specs[lab], notebooks, options, Path(tmp)).values()
     results.sort(key=lambda r: (r.lab, r.student))
