@@ -28,6 +28,8 @@ How a notebook is graded (nbgrader's course layout: ``solutions/`` is the source
    bars, warnings) is ignored. Student code cannot swap the functions the tests use (see gradeworker).
 
 Submissions are graded in parallel (``--jobs``, default: the number of CPUs), each in its own process.
+Before a class, each lab's solution is graded once outside the sandbox (:func:`calibration`): it must
+get full marks here, and it fills caches (converted models) that the sandbox then sees read-only.
 """
 
 from __future__ import annotations

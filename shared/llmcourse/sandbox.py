@@ -27,6 +27,7 @@ from pathlib import Path
 
 HOME = "/home/student"  # where the scratch folder appears inside the sandbox
 GIB = 1 << 30
+TMP_BYTES = 1 * GIB  # the sandbox's /tmp lives in memory: cap it
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,7 @@ def command(inner: list[str], workdir: Path, mode: str) -> tuple[list[str], str]
     if mode == "none":
         return inner, str(workdir)
     args = ["bwrap", "--die-with-parent", "--new-session", "--unshare-all", "--cap-drop", "ALL",
-            *_system_binds(), "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+            *_system_binds(), "--proc", "/proc", "--dev", "/dev", "--size", str(TMP_BYTES), "--tmpfs", "/tmp"]
     # Only the CPU description of /sys: torch reads it to size its thread pools.
     args += ["--ro-bind-try", "/sys/devices/system/cpu", "/sys/devices/system/cpu"]
     for path in readonly_paths():
