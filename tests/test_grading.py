@@ -73,8 +73,11 @@ def wrong_submissions(lab: str) -> dict:
 
 
 def _top_level(source: str) -> tuple[list[str], list[str]]:
-    """(functions, classes) defined at the top level of a cell."""
-    tree = ast.parse(source)
+    """(functions, classes) defined at the top level of a cell (none for a cell with magics)."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return [], []
     funcs = [n.name for n in tree.body if isinstance(n, ast.FunctionDef)]
     classes = [n.name for n in tree.body if isinstance(n, ast.ClassDef)]
     return funcs, classes
@@ -86,7 +89,7 @@ def noisy(answers: dict[str, str]) -> dict[str, str]:
     for gid, source in answers.items():
         funcs, classes = _top_level(source)
         wrap = [f"{name} = _noisy({name})" for name in funcs]
-        wrap += [f"{name}.forward = _noisy({name}.forward)" for name in classes]
+        wrap += [f"if hasattr({name}, 'forward'):\n    {name}.forward = _noisy({name}.forward)" for name in classes]
         out[gid] = NOISE + "\n" + source + "\n\n" + "\n".join(wrap) + "\n"
     return out
 

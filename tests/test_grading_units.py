@@ -124,11 +124,16 @@ def test_a_hidden_block_inside_a_loop_keeps_the_cell_whole():
 
 # ----------------------------------------------------------------------------- review flags
 def test_review_flags_attacks_and_not_honest_code():
-    attack = ("import ctypes, sys\nnp.allclose = lambda *a: True\nf = sys._getframe(1)\n"
-              "class A:\n    def __eq__(self, o):\n        return True\n")
+    attack = ("import ctypes, sys\nimport numpy as np\nnp.allclose = lambda *a: True\nf = sys._getframe(1)\n"
+              "setattr(np.testing, 'assert_allclose', print)\n"
+              "class A:\n    __module__ = 'torch'\n    def __eq__(self, o):\n        return True\n")
     flags = grading.review([grading.Step("answer", attack, False)])
-    for words in ("imports ctypes", "assigns np.allclose", "uses ._getframe", "defines __eq__"):
+    for words in ("imports ctypes", "assigns np.allclose", "uses ._getframe", "defines __eq__", "calls setattr()",
+                  "sets __module__"):
         assert any(words in f for f in flags), (words, flags)
+    everyday = ("for p in model.parameters():\n    p.requires_grad = False\nmodel.head.weight = shared\n"
+                "setattr(self, f'layer{i}', block)\n")
+    assert grading.review([grading.Step("answer", everyday, False)]) == []
     honest = grading.answers_from_solution(REPO / "tests" / "grading" / "fixture_course" / "solutions" /
                                            "fixture_lab" / "fixture_lab.py")
     for lab_py in sorted((REPO / "solutions").glob("*/*.py")):

@@ -658,13 +658,33 @@ _SUSPICIOUS_MODULES = {"ctypes", "gc", "inspect", "threading", "_thread", "multi
 _SUSPICIOUS_NAMES = {"_getframe", "settrace", "setprofile", "f_back", "f_locals", "f_globals", "tb_frame", "__code__",
                      "__closure__", "__globals__", "__builtins__", "__subclasses__", "_exit", "kill", "system",
                      "get_ipython", "addaudithook", "__torch_function__", "__torch_dispatch__", "__array_ufunc__"}
-_SUSPICIOUS_CALLS = {"exec", "eval", "compile", "__import__", "setattr", "delattr", "globals", "open"}
+_SUSPICIOUS_CALLS = {"exec", "eval", "compile", "__import__", "setattr", "delattr", "globals", "open", "vars"}
+
+
+def _module_aliases(steps: list[Step]) -> set[str]:
+    """Names that refer to modules anywhere in the notebook (``import numpy as np`` -> ``np``)."""
+    names = {"torch", "np", "numpy", "F", "nn", "math", "builtins", "sys", "os", "llmcourse"}
+    for step in steps:
+        tree = _parse(step.source)
+        for node in ast.walk(tree) if tree else ():
+            if isinstance(node, ast.Import):
+                names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                names |= {a.asname or a.name for a in node.names}  # may be a submodule (from torch import nn)
+    return names
+
+
+def _root(node: ast.AST) -> str | None:
+    while isinstance(node, (ast.Attribute, ast.Subscript)):
+        node = node.value
+    return node.id if isinstance(node, ast.Name) else None
 
 
 def review(steps: list[Step]) -> list[str]:
     """Constructs in student code that a correct answer never needs and an attack on the grader does
     (patching libraries, frame inspection, processes, files): for a human to look at. Static only."""
     flags: list[str] = []
+    modules = _module_aliases(steps)
     for step in steps:
         if step.trusted:
             continue
@@ -683,19 +703,20 @@ def review(steps: list[Step]) -> list[str]:
             elif isinstance(node, ast.Name) and node.id in _SUSPICIOUS_NAMES:
                 found.add(f"uses {node.id}")
             elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _SUSPICIOUS_CALLS:
-                found.add(f"calls {node.func.id}()")
-            elif isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign)):
-                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-                for target in targets:
-                    if isinstance(target, ast.Attribute) and isinstance(target.value, (ast.Name, ast.Attribute)):
-                        root = target.value
-                        while isinstance(root, ast.Attribute):
-                            root = root.value
-                        if isinstance(root, ast.Name) and root.id not in ("self", "cls"):
-                            found.add(f"assigns {ast.unparse(target)}")
+                if node.func.id not in ("setattr", "delattr") or (node.args and _root(node.args[0]) in modules):
+                    found.add(f"calls {node.func.id}()")
+            elif isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Delete)):
+                targets = node.targets if isinstance(node, (ast.Assign, ast.Delete)) else [node.target]
+                for target in targets:  # np.allclose = ..., torch.Tensor.__eq__ = ... (not model.weight = ...)
+                    if isinstance(target, ast.Attribute) and _root(target) in modules:
+                        found.add(f"assigns {ast.unparse(target)}")
             elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name in {
                     "__eq__", "__ne__", "__bool__", "__torch_function__", "__array__", "__instancecheck__"}:
                 found.add(f"defines {node.name}")
+            elif isinstance(node, ast.ClassDef) and any(
+                    isinstance(s, ast.Assign) and any(isinstance(x, ast.Name) and x.id == "__module__" for x in s.targets)
+                    for s in node.body):
+                found.add(f"class {node.name} sets __module__")
         flags += [f"{step.label}: {item}" for item in sorted(found)]
     return flags
 
