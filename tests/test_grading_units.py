@@ -166,3 +166,34 @@ def test_sandbox_sees_python_and_the_package_but_not_the_course(tmp_path):
         assert "solutions" not in path.parts and "submitted" not in path.parts
     assert (REPO / "shared" / "llmcourse").resolve() in visible
     assert sandbox.command(["x"], tmp_path, "none") == (["x"], str(tmp_path))
+
+
+# ----------------------------------------------------------------------------- rebuilding a notebook
+def _spec(cells: list[grading.SpecCell]) -> grading.LabSpec:
+    return grading.LabSpec("lab", cells, Path("."), [], [])
+
+
+def test_rebuild_keeps_instructor_cells_and_places_student_cells_in_order():
+    S = grading.SpecCell
+    spec = _spec([S("code", "import numpy as np", "import numpy as np"), S("markdown", "---", "---"),
+                  S("answer", "def a(): ...", "def a():\n    raise NotImplementedError()", "a_answer"),
+                  S("test", "assert a() == 1\n### BEGIN HIDDEN TESTS\nassert a() != 2\n### END HIDDEN TESTS",
+                    "assert a() == 1", "a_test", 1.0),
+                  S("markdown", "---", "---"),
+                  S("answer", "def b(): ...", "def b():\n    raise NotImplementedError()", "b_answer"),
+                  S("test", "assert b() == 2", "assert b() == 2", "b_test", 1.0)])
+    C = grading.Cell
+    student = [C("code", "import numpy as np", {}, None), C("markdown", "---", {}, None),
+               C("code", "def a():\n    return helper()", {"grade_id": "a_answer"}, None),
+               C("code", "def helper():\n    return 1", {}, None),  # a cell the student added
+               C("code", "pass  # the student's version of the test", {"grade_id": "a_test"}, None),
+               C("markdown", "---", {}, None),
+               C("code", "def b():\n    return 2", {}, None)]  # metadata lost (Colab); b_test deleted
+    steps, graded, notes = grading.plan(spec, student)
+    assert [(s.label, s.trusted, s.hidden) for s in steps] == [
+        ("cell 0", True, False), ("a_answer", False, False), ("cell you added (after a_answer, #1)", False, False),
+        ("a_test", True, False), ("a_test", True, True),
+        ("cell you added (after cell 4, #1)", False, False), ("b_test", True, False)]
+    assert "assert a() != 2" in steps[4].source and steps[6].source == "assert b() == 2"
+    assert graded == {"a_answer": "def a():\n    return helper()"}
+    assert any("1 edited test cell" in n for n in notes) and any("b_test" in n for n in notes)

@@ -339,11 +339,11 @@ class Step:
 def plan(spec: LabSpec, cells: list[Cell]) -> tuple[list[Step], dict[str, str], list[str]]:
     """The steps that grade ``cells`` (see module doc, point 2): (steps, graded answers, notes)."""
     by_gid = {c.grade_id: i for i, c in enumerate(spec.cells) if c.grade_id}
-    by_source: dict[str, int] = {}
+    by_source: dict[str, list[int]] = {}
     by_id: dict[str, int] = {}
     for i, c in enumerate(spec.cells):
-        if c.kind != "answer":
-            by_source.setdefault(_norm(c.release), i)
+        if c.kind != "answer" and _norm(c.release):
+            by_source.setdefault(_norm(c.release), []).append(i)
             if c.cell_id:
                 by_id.setdefault(c.cell_id, i)
     answers: dict[int, list[str]] = {}
@@ -353,10 +353,12 @@ def plan(spec: LabSpec, cells: list[Cell]) -> tuple[list[Step], dict[str, str], 
     for cell in cells:
         gid = cell.nbgrader.get("grade_id")
         index = by_gid.get(gid) if isinstance(gid, str) else None
-        if index is None and _norm(cell.source) in by_source:
-            index = by_source[_norm(cell.source)]
-        if index is None and cell.cell_id in by_id and cell.cell_type == ("markdown" if spec.cells[by_id[cell.cell_id]].kind == "markdown" else "code"):
-            index = by_id[cell.cell_id]
+        if index is None and _norm(cell.source) in by_source:  # identical cells: the next one in order
+            same = by_source[_norm(cell.source)]
+            index = next((i for i in same if i > anchor), same[0])
+        if index is None and cell.cell_id in by_id:  # same id and type: an instructor cell, edited
+            same_type = (spec.cells[by_id[cell.cell_id]].kind == "markdown") == (cell.cell_type == "markdown")
+            index = by_id[cell.cell_id] if same_type else None
         if index is not None:
             anchor = index
             if spec.cells[index].kind == "answer" and cell.cell_type == "code":
@@ -366,7 +368,7 @@ def plan(spec: LabSpec, cells: list[Cell]) -> tuple[list[Step], dict[str, str], 
         elif cell.cell_type == "code" and cell.source.strip():
             extras.setdefault(anchor, []).append(cell.source)
     present = {by_gid[c.nbgrader["grade_id"]] for c in cells if c.nbgrader.get("grade_id") in by_gid}
-    present |= {by_source[_norm(c.source)] for c in cells if _norm(c.source) in by_source}
+    present |= {i for c in cells for i in by_source.get(_norm(c.source), ())}
     missing = [c.grade_id for i, c in enumerate(spec.cells) if c.kind == "test" and i not in present]
     if restored:
         notes.append(f"{restored} edited test cell(s) were graded with the original tests")
