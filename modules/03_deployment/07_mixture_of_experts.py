@@ -175,7 +175,7 @@ print(f"the same model with one expert (Mistral 7B): {dense_7b.total / 1e9:.2f}B
 # character-level models on the course corpus (standard-library docstrings) with the same data, steps
 # and optimizer:
 #
-# - **dense**: 2 layers, d_model 64, FFN width 256;
+# - **dense**: 2 layers, d_model 64, FFN width 256, context 32 characters, 150 steps of 16 sequences;
 # - **MoE**: the same, with 8 experts of width 256 per layer and top-1 routing: the same compute per
 #   token, 8× the FFN parameters, load-balancing loss weighted 0.01;
 # - **MoE without the balancing loss**, to see what the loss is for.
@@ -184,9 +184,9 @@ print(f"the same model with one expert (Mistral 7B): {dense_7b.total / 1e9:.2f}B
 text = load_corpus()[:600_000]
 tokenizer = CharTokenizer.fit(text)
 train_tokens, val_tokens = train_val_split(tokenizer.encode(text), 0.1)
-gpt_config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=64, n_layer=2, n_head=4, d_model=64, d_ff=256)
+gpt_config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=32, n_layer=2, n_head=4, d_model=64, d_ff=256)
 moe_config = moe.MoEConfig(d_model=64, d_ff=256, n_experts=8, top_k=1, capacity_factor=1.25)
-train_config = TrainConfig(steps=200, batch_size=16, lr=3e-3, warmup=20, min_lr=3e-4, eval_every=100,
+train_config = TrainConfig(steps=150, batch_size=16, lr=3e-3, warmup=15, min_lr=3e-4, eval_every=50,
                            eval_batches=10, seed=0)
 
 
@@ -248,8 +248,8 @@ plt.show()
 
 
 def imbalance(loads):
-    """max load / mean load over the last 50 steps, per layer (1 = perfectly even)."""
-    last = loads[-50:].float().sum(dim=0)  # (layers, E)
+    """max load / mean load over the last 30 steps, per layer (1 = perfectly even)."""
+    last = loads[-30:].float().sum(dim=0)  # (layers, E)
     return (last.max(dim=-1).values / last.mean(dim=-1)).tolist()
 
 

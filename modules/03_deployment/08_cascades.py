@@ -187,6 +187,10 @@ ax.scatter([only_small.cost], [only_small.accuracy], color="C1", zorder=3, label
 ax.scatter([only_large.cost], [only_large.accuracy], color="C2", zorder=3, label="large model only")
 ax.scatter([chosen.cost], [chosen.accuracy], color="C3", marker="*", s=200, zorder=3,
            label=f"threshold {threshold:.2f} (chosen on calibration)")
+# A perfect confidence would escalate exactly the questions the small model gets wrong.
+oracle_cost = only_small.cost + (1 - only_small.accuracy) * cost_large
+oracle_accuracy = (small_correct[test] | large_correct[test]).float().mean().item()
+ax.scatter([oracle_cost], [oracle_accuracy], color="black", marker="P", s=80, zorder=3, label="perfect confidence")
 ax.set(xlabel="cost per question (GFLOPs)", ylabel="test accuracy", title="Next-word questions: tiny GPT → SmolLM2")
 ax.grid(alpha=0.3)
 ax.legend(fontsize=8)
@@ -202,18 +206,26 @@ def random_routing(cost):
 gain = (curve.accuracy - random_routing(curve.cost)).mean().item()
 print(f"cascade above random routing by {100 * gain:.1f} accuracy points on average over all thresholds; "
       f"at the chosen threshold {chosen.accuracy:.3f} vs {random_routing(chosen.cost):.3f}")
+print(f"a perfect confidence: accuracy {oracle_accuracy:.3f} at {oracle_cost / only_large.cost:.2f} of the large model's cost")
 assert gain > 0
+assert oracle_accuracy >= only_large.accuracy and oracle_cost < 0.7 * only_large.cost
 
 # %% [markdown]
+# The curve stays close to the random-routing line: the tiny model's confidence carries little
+# information here. The black cross shows what a perfect confidence would give: the large model's
+# accuracy, or better, at a fraction of its cost. The gap between the two is the whole game in
+# cascades, and why FrugalGPT trains a separate scorer to judge answers instead of trusting the cheap
+# model's own probabilities (small models are poorly calibrated).
+#
 # ## Summary
 #
 # - A cascade runs the cheap model first and escalates when its confidence is below a threshold:
 #   `cascade_decision(confidence, threshold)` = confidence ≥ threshold.
-# - The cheap model's confidence separated its right answers from its wrong ones, so the cascade beat
-#   random routing at equal cost. Here the savings are modest: the tiny model is far weaker than
-#   SmolLM2 (about half its accuracy), so most questions still go up. Cascades pay off when the cheap
-#   model handles most queries well and knows when it does not (FrugalGPT reports large savings with
-#   commercial APIs whose prices differ by 100×).
+# - The cheap model's confidence separated its right answers from its wrong ones only weakly, so the
+#   cascade beat random routing by about a point on average, and reaching 95% of SmolLM2's accuracy
+#   still cost ~90% of SmolLM2 alone. The tiny model is far weaker (less than half SmolLM2's accuracy)
+#   and poorly calibrated; a perfect confidence would have matched SmolLM2 at about half the cost.
+#   Cascades pay off when the cheap model handles most queries well *and knows when it does not*.
 # - The threshold was chosen on calibration questions and evaluated on separate test questions.
 #
 # ## Try it yourself
