@@ -224,7 +224,7 @@ assert oracle_accuracy >= only_large.accuracy and oracle_cost < 0.7 * only_large
 # - The cheap model's confidence separated its right answers from its wrong ones only weakly, so the
 #   cascade beat random routing by about a point on average, and reaching 95% of SmolLM2's accuracy
 #   still cost ~90% of SmolLM2 alone. The tiny model is far weaker (less than half SmolLM2's accuracy)
-#   and poorly calibrated; a perfect confidence would have matched SmolLM2 at about half the cost.
+#   and poorly calibrated; a perfect confidence would have beaten SmolLM2 at two thirds of its cost.
 #   Cascades pay off when the cheap model handles most queries well *and knows when it does not*.
 # - The threshold was chosen on calibration questions and evaluated on separate test questions.
 #
