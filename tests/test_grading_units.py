@@ -197,3 +197,29 @@ def test_rebuild_keeps_instructor_cells_and_places_student_cells_in_order():
     assert "assert a() != 2" in steps[4].source and steps[6].source == "assert b() == 2"
     assert graded == {"a_answer": "def a():\n    return helper()"}
     assert any("1 edited test cell" in n for n in notes) and any("b_test" in n for n in notes)
+
+
+# ----------------------------------------------------------------------------- the worker's guard
+def test_guard_restores_patches_but_accepts_library_wrappers():
+    """Importing torch._dynamo wraps torch.manual_seed (a library wrapper of the original, accepted);
+    a student's wrapper, even one that claims to wrap the original, is undone."""
+    import functools
+
+    import torch
+
+    from llmcourse import gradeworker
+
+    guard = gradeworker.Guard({})
+    guard.snapshot(["torch", "torch.testing"])
+    guard.index()
+    original, assert_close = torch.manual_seed, torch.testing.assert_close
+    try:
+        fake = functools.wraps(assert_close)(lambda *args, **kwargs: None)  # written here: not library code
+        torch.testing.assert_close = fake
+        torch.manual_seed = torch._disable_dynamo(original)  # noqa: SLF001 - what torch._dynamo does
+        changed = guard._drift(restore=True)  # noqa: SLF001
+        assert changed == ["torch.testing.assert_close"], changed
+        assert torch.testing.assert_close is assert_close and torch.manual_seed.__wrapped__ is original
+        assert guard._drift(restore=True) == []  # noqa: SLF001 - the wrapper is the new normal
+    finally:
+        torch.manual_seed, torch.testing.assert_close = original, assert_close

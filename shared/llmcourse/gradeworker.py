@@ -86,7 +86,7 @@ class Guard:
         self._keep: list = []  # keeps trusted code objects alive, so their ids stay unique
         self.trusted_bindings: dict[str, object] = {}
         self.answer_names: set[str] = set()
-        self.entries: list[tuple] = []  # (kind, owner, key, value, label)
+        self.entries: list[list] = []  # [kind, owner, key, value, label]
         self.dirs: dict[int, set[str]] = {}  # class id -> attribute names visible at snapshot time
         self.sys_state: dict = {}
         self.signals: dict = {}
@@ -124,7 +124,7 @@ class Guard:
                 namespace = getattr(module, "__dict__", None)
                 if not critical or not isinstance(namespace, dict):
                     continue
-                self.entries.append(("module", sys.modules, name, module, f"sys.modules[{name!r}]"))
+                self.entries.append(["module", sys.modules, name, module, f"sys.modules[{name!r}]"])
                 for key, value in list(namespace.items()):
                     if module is sys and key in _VOLATILE_SYS:
                         continue
@@ -140,11 +140,11 @@ class Guard:
         self.threads = set(sys._current_frames())
 
     def _record(self, kind, owner, key, value, label) -> None:
-        self.entries.append((kind, owner, key, value, label))
+        self.entries.append([kind, owner, key, value, label])
         if type(value) is types.FunctionType:  # in-place edits of a trusted function
-            self.entries.append(("func", value, "__code__", value.__code__, label))
-            self.entries.append(("func", value, "__defaults__", value.__defaults__, label))
-            self.entries.append(("func", value, "__kwdefaults__", value.__kwdefaults__, label))
+            self.entries.append(["func", value, "__code__", value.__code__, label])
+            self.entries.append(["func", value, "__defaults__", value.__defaults__, label])
+            self.entries.append(["func", value, "__kwdefaults__", value.__kwdefaults__, label])
 
     def _record_class(self, cls: type, label: str) -> None:
         self.dirs[id(cls)] = set(dir(cls))
@@ -152,7 +152,7 @@ class Guard:
             return
         for key, value in list(vars(cls).items()):
             self._record("class", cls, key, value, f"{label}.{key}")
-        self.entries.append(("classnew", cls, None, None, label))
+        self.entries.append(["classnew", cls, None, None, label])
 
     def trust_code(self, code: types.CodeType) -> None:
         """Mark an instructor cell's code (and every function defined in it) as trusted."""
@@ -167,9 +167,14 @@ class Guard:
     def _drift(self, restore: bool) -> list[str]:
         """Differences between the environment and the snapshot (restored when ``restore``)."""
         changed = []
-        for kind, owner, key, value, label in self.entries:
+        for entry in self.entries:
+            kind, owner, key, value, label = entry
             if kind == "dict":
-                if owner.get(key, _MISSING) is not value:
+                current = owner.get(key, _MISSING)
+                if current is not value:
+                    if self._library_wrapper(current, value):
+                        entry[3] = current  # e.g. importing torch._dynamo wraps torch.manual_seed
+                        continue
                     changed.append(label)
                     if restore:
                         owner[key] = value
@@ -184,7 +189,11 @@ class Guard:
                     if restore:
                         setattr(owner, key, value)
             elif kind == "class":
-                if owner.__dict__.get(key, _MISSING) is not value:
+                current = owner.__dict__.get(key, _MISSING)
+                if current is not value:
+                    if self._library_wrapper(current, value):
+                        entry[3] = current
+                        continue
                     changed.append(label)
                     if restore:
                         try:
@@ -232,6 +241,11 @@ class Guard:
                 threading.settrace(None)
                 threading.setprofile(None)
         return changed
+
+    def _library_wrapper(self, current, original) -> bool:
+        """A library replaced a function by a wrapper of it (``functools.wraps``, library code)."""
+        return (type(current) is types.FunctionType and getattr(current, "__wrapped__", None) is original
+                and self.trusted_code(current.__code__))
 
     def index(self) -> None:
         """Fast lookups, built once after the snapshot."""
