@@ -187,7 +187,7 @@ train_tokens, val_tokens = train_val_split(tokenizer.encode(text), 0.1)
 gpt_config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=32, n_layer=2, n_head=4, d_model=64, d_ff=256)
 moe_config = moe.MoEConfig(d_model=64, d_ff=256, n_experts=8, top_k=1, capacity_factor=1.25)
 train_config = TrainConfig(steps=150, batch_size=16, lr=3e-3, warmup=15, min_lr=3e-4, eval_every=50,
-                           eval_batches=10, seed=0)
+                           eval_batches=8, seed=0)
 
 
 def train_model(name):
@@ -210,7 +210,12 @@ def train_model(name):
     return model, history, torch.stack(loads) if loads else None, time.perf_counter() - start
 
 
+# Models this small gain nothing from several threads (each matmul is tiny), and one thread does not
+# fight other programs for the cores.
+threads = torch.get_num_threads()
+torch.set_num_threads(1)
 runs = {name: train_model(name) for name in ("dense", "MoE", "MoE, no balancing loss")}
+torch.set_num_threads(threads)
 for name, (model, history, loads, seconds) in runs.items():
     active = model.num_parameters(active=True) if isinstance(model, moe.MoEGPT) else model.num_parameters()
     print(f"{name:<24} parameters {model.num_parameters() / 1e3:6.1f}k (active {active / 1e3:6.1f}k)  "
