@@ -82,16 +82,22 @@ labs: install
 	$(PY) -m llmcourse.nbtools labs
 
 # Grading runs every notebook in a bubblewrap sandbox (installed here when missing and allowed).
-# Options: OUT=grades, GRADE_ARGS="--jobs 4 --cell-timeout 60 --memory 6 --lab lab1_transformers".
-OUT ?= grades
+# Options: GRADES=grades (output folder), GRADE_ARGS="--jobs 4 --cell-timeout 60 --memory 6 --lab lab1_transformers".
+GRADES ?= grades
 GRADE_ARGS ?=
 grade: install
-	@test -n "$(SUBMISSIONS)" || (echo "usage: make grade SUBMISSIONS=<folder or zip of student notebooks> [OUT=grades]"; exit 2)
+	@test -n "$(SUBMISSIONS)" || (echo "usage: make grade SUBMISSIONS=<folder or zip of student notebooks> [GRADES=grades]"; exit 2)
 	@$(MAKE) --no-print-directory sysdeps SYSDEPS="bubblewrap:bwrap"
-	$(PY) -m llmcourse.grading "$(SUBMISSIONS)" --out "$(OUT)" $(GRADE_ARGS)
+	$(PY) -m llmcourse.grading "$(SUBMISSIONS)" --out "$(GRADES)" $(GRADE_ARGS)
 
 bench: install
 	$(PY) -m llmcourse.bench
+
+# The GPU path (scripts/gpu_check.py): tests on CUDA, benchmark table, demos as scripts; without CUDA a
+# CPU smoke test. No install step: a GPU box keeps its own CUDA torch (OUT=report.md saves the table).
+.PHONY: gpu-check
+gpu-check:
+	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) scripts/gpu_check.py $(if $(OUT),--out $(OUT))
 
 lock:
 	$(PY) -m pip install -q uv
