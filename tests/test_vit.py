@@ -220,6 +220,7 @@ def test_word_tokenizer():
 def test_captions():
     assert digits.caption(7) == "a handwritten seven"
     assert digits.caption(0, "the digit {}") == "the digit zero"
+    assert digits.caption(8, "an image of a {}") == "an image of an eight"  # the article follows the word
     with pytest.raises(ValueError, match="0..9"):
         digits.caption(10)
     with pytest.raises(ValueError, match="exactly one"):
@@ -235,11 +236,11 @@ def test_make_interleaved():
     images = torch.arange(10.0).view(10, 1, 1, 1).expand(10, 1, 8, 8)
     labels = torch.arange(10)
     batch = digits.make_interleaved(images, labels, 5, tok, generator=torch.Generator().manual_seed(0))
-    assert batch.tokens.shape == (5, 13) and batch.images.shape == (5, 2, 1, 8, 8)
+    assert batch.tokens.shape == (5, 15) and batch.images.shape == (5, 2, 1, 8, 8)
     assert ((batch.tokens == tok.IMAGE).sum(1) == 2).all()
     for b in range(5):
         for m in range(2):
             word = tok.itos[batch.tokens[b, batch.digit_positions[b, m]]]
             assert word == digits.NUMBER_WORDS[batch.labels[b, m]]
             assert batch.images[b, m, 0, 0, 0] == batch.labels[b, m]  # the image that goes with it
-    assert tok.decode(batch.tokens[0]).startswith("<bos> <image> this is a ")
+    assert tok.decode(batch.tokens[0]).startswith("<bos> <image> this is the digit ")

@@ -52,6 +52,8 @@ __all__ = [
     "make_sound_dataset",
     "add_noise",
     "normalize_features",
+    "clip_features",
+    "sound_batch_fn",
     "ConvSubsampling",
     "AudioConfig",
     "AudioClassifier",
@@ -314,6 +316,40 @@ def normalize_features(features: torch.Tensor) -> torch.Tensor:
     mean = features.mean(dim=(-2, -1), keepdim=True)
     std = features.std(dim=(-2, -1), keepdim=True).clamp(min=1e-5)
     return (features - mean) / std
+
+
+def clip_features(waveforms: torch.Tensor, sample_rate: int, n_mels: int = 40, n_fft: int = 256,
+                  hop_length: int = 128) -> torch.Tensor:
+    """The classifier's input: per-clip standardised log-mel spectrograms, (..., S) -> (..., F, M).
+    At 8 kHz the defaults give 32 ms windows every 16 ms: a 0.5 s clip becomes 40 x 32."""
+    return normalize_features(log_mel_spectrogram(waveforms, sample_rate, n_fft, hop_length, n_mels))
+
+
+def sound_batch_fn(data: SoundSet, train_idx: torch.Tensor, test_idx: torch.Tensor, batch_size: int = 64,
+                   noise_snr_db: tuple[float, float] | None = None, n_mels: int = 40):
+    """A ``batch_fn(split, generator)`` for :func:`llmcourse.train.train`: random (features, labels)
+    batches of the clips ``train_idx`` ("train") or ``test_idx`` ("val"). With ``noise_snr_db=(lo, hi)``,
+    training batches get white noise at an SNR drawn uniformly in [lo, hi] dB per batch (augmentation)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if noise_snr_db is not None and noise_snr_db[0] > noise_snr_db[1]:
+        raise ValueError(f"noise_snr_db must be (low, high), got {noise_snr_db}")
+    clean_test = clip_features(data.waveforms[test_idx], data.sample_rate, n_mels)
+    clean_train = clip_features(data.waveforms[train_idx], data.sample_rate, n_mels) if noise_snr_db is None else None
+
+    def batch_fn(split: str, generator: torch.Generator):
+        pool = train_idx if split == "train" else test_idx
+        i = torch.randint(0, len(pool), (batch_size,), generator=generator)
+        if split != "train":
+            return clean_test[i], data.labels[test_idx[i]]
+        if noise_snr_db is None:
+            return clean_train[i], data.labels[train_idx[i]]
+        lo, hi = noise_snr_db
+        snr = lo + (hi - lo) * torch.rand((), generator=generator).item()
+        noisy = add_noise(data.waveforms[train_idx[i]], snr, generator=generator)
+        return clip_features(noisy, data.sample_rate, n_mels), data.labels[train_idx[i]]
+
+    return batch_fn
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -9,14 +9,15 @@ so every machine gets the same data without a download. Module 4 builds on it:
 - :func:`caption` / :func:`make_captions`: short English captions made from the label with templates
   (image-caption pairs for CLIP);
 - :class:`WordTokenizer`: whitespace tokens with PAD/UNK/BOS/EOS and an ``<image>`` placeholder;
-- :func:`make_interleaved`: sequences like ``<image> this is a seven . <image> this is a two .`` for the
-  Flamingo demo.
+- :func:`make_interleaved`: sequences like ``<image> this is the digit seven . <image> this is the digit
+  two .`` for the Flamingo demo.
 
 The data card is ``data/digits.md``. Taught in ``modules/04_multimodal/01_vit.py``, ``03_clip.py`` and
 ``04_flamingo.py``. Shape legend: B batch, T tokens, M images per sequence.
 """
 from __future__ import annotations
 
+import re
 from typing import Callable, NamedTuple, Sequence
 
 import torch
@@ -119,7 +120,7 @@ def caption(label: int, template: str = "a handwritten {}") -> str:
         raise ValueError(f"label must be a digit 0..9, got {label}")
     if template.count("{}") != 1:
         raise ValueError(f"template must contain exactly one '{{}}', got {template!r}")
-    return template.format(NUMBER_WORDS[int(label)])
+    return re.sub(r"\ba eight\b", "an eight", template.format(NUMBER_WORDS[int(label)]))  # "an eight"
 
 
 def make_captions(labels: torch.Tensor, templates: Sequence[str] = TRAIN_TEMPLATES, seed: int = 0) -> list[str]:
@@ -186,8 +187,8 @@ class WordTokenizer:
 
 def caption_tokenizer(extra_words: Sequence[str] = ()) -> WordTokenizer:
     """The tokenizer of the digit captions: every word of :data:`TRAIN_TEMPLATES`, the number words,
-    the words of the interleaved task ("this", "is", "a", ".") and ``extra_words``."""
-    texts = [caption(d, t) for d in range(10) for t in TRAIN_TEMPLATES] + [". this is a", *extra_words]
+    the words of the interleaved task ("this is the digit ...") and ``extra_words``."""
+    texts = [caption(d, t) for d in range(10) for t in TRAIN_TEMPLATES] + [". this is the digit", *extra_words]
     return WordTokenizer.fit(texts)
 
 
@@ -195,8 +196,8 @@ def caption_tokenizer(extra_words: Sequence[str] = ()) -> WordTokenizer:
 # Interleaved image-text sequences (Flamingo demo)
 # ----------------------------------------------------------------------------------------------------
 class Interleaved(NamedTuple):
-    """``tokens`` (B, T) with ``<image>`` placeholders, the ``images`` (B, M, 1, 8, 8) they stand for
-    (in order), their ``labels`` (B, M), and ``digit_positions`` (B, M): where each number word sits."""
+    """``tokens`` (B, T) with ``<image>`` placeholders, the ``images`` (B, M, ...) they stand for (in
+    order), their ``labels`` (B, M), and ``digit_positions`` (B, M): where each number word sits."""
 
     tokens: torch.Tensor
     images: torch.Tensor
@@ -206,14 +207,18 @@ class Interleaved(NamedTuple):
 
 def make_interleaved(images: torch.Tensor, labels: torch.Tensor, n: int, tokenizer: WordTokenizer,
                      images_per_sequence: int = 2, generator: torch.Generator | None = None) -> Interleaved:
-    """``n`` sequences ``<bos> <image> this is a seven . <image> this is a two .`` built from random
-    images of the pool (N, 1, 8, 8) with their ``labels`` (N,). A text-only model can at best guess each
-    number word (1 in 10); seeing the image it can be exact."""
+    """``n`` sequences ``<bos> <image> this is the digit seven . <image> this is the digit two .`` from random
+    images of the pool ``images`` (N, ...) with their ``labels`` (N,). The pool may hold the images
+    (N, 1, 8, 8) or features a frozen encoder computed once (N, patches, width); ``Interleaved.images`` is
+    then (B, M, ...) of the same kind. A text-only model can at best guess each number word (1 in 10);
+    seeing the image it can be exact."""
     M = images_per_sequence
     if n < 1 or M < 1:
         raise ValueError(f"n ({n}) and images_per_sequence ({M}) must be >= 1")
+    if len(images) != len(labels):
+        raise ValueError(f"need one label per image, got {len(images)} images and {len(labels)} labels")
     pick = torch.randint(0, len(labels), (n, M), generator=generator)  # (B, M)
-    chunk = tokenizer.encode("<image> this is a")  # 4 tokens; the number word follows
+    chunk = tokenizer.encode("<image> this is the digit")  # 5 tokens; the number word follows
     rows, positions = [], []
     for b in range(n):
         row, pos = [tokenizer.BOS], []
