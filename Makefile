@@ -93,6 +93,12 @@ grade: install
 bench: install
 	$(PY) -m llmcourse.bench
 
+# The GPU path (scripts/gpu_check.py): tests on CUDA, benchmark table, demos as scripts; without CUDA a
+# CPU smoke test. No install step: a GPU box keeps its own CUDA torch (OUT=report.md saves the table).
+.PHONY: gpu-check
+gpu-check:
+	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) scripts/gpu_check.py $(if $(OUT),--out $(OUT))
+
 lock:
 	$(PY) -m pip install -q uv
 	printf 'torch==2.13.0\n' > $(VENV)/lock-overrides.txt

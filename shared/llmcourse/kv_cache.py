@@ -142,12 +142,18 @@ def _cached_attention(block: TransformerBlock, h: torch.Tensor, cache: KVCache, 
     q, k, v = attn.qkv(h)  # (B, H, T, D), (B, KV, T, D), (B, KV, T, D)
     k_all, v_all = cache.update(layer, k, v)  # (B, KV, S, D)
     B, H, T, D = q.shape
-    S = k_all.shape[2]
-    n_rep = H // k_all.shape[1]
-    mask = None
-    if T > 1 or bias is not None:  # one new token may see every cached one: no mask needed
-        allowed = causal_mask(T, S, device=h.device)  # (T, S), the new queries are the last T positions
-        mask = allowed if bias is None else bias.masked_fill(~allowed, float("-inf")).to(q.dtype)
+    KV, S = k_all.shape[1], k_all.shape[2]
+    n_rep = H // KV
+    if T == 1:
+        # Decoding: one query per head, and it may see every cached key. Treat each group's n_rep query
+        # heads as n_rep "positions" of its key/value head: GQA without copying the cache n_rep times
+        # (repeat_kv would copy (B, H, S, D) at every step, a cost that grows with S).
+        q_groups = q.view(B, KV, n_rep, D)  # (B, KV, n_rep, D)
+        group_bias = None if bias is None else bias.view(KV, n_rep, S).to(q.dtype)  # (H, 1, S) -> (KV, n_rep, S)
+        y = F.scaled_dot_product_attention(q_groups, k_all, v_all, attn_mask=group_bias)  # (B, KV, n_rep, D)
+        return attn.resid_dropout(attn.out_proj(y.reshape(B, 1, H * D)))
+    allowed = causal_mask(T, S, device=h.device)  # (T, S): the new queries are the last T positions
+    mask = allowed if bias is None else bias.masked_fill(~allowed, float("-inf")).to(q.dtype)
     y = F.scaled_dot_product_attention(q, repeat_kv(k_all, n_rep), repeat_kv(v_all, n_rep), attn_mask=mask)
     y = y.transpose(1, 2).reshape(B, T, H * D)  # (B, T, C)
     return attn.resid_dropout(attn.out_proj(y))
