@@ -199,11 +199,11 @@ def train_model(name):
         model = GPT(gpt_config)
     else:
         model = moe.MoEGPT(gpt_config, moe_config, aux_loss_coef=0.0 if name == "MoE, no balancing loss" else 0.01)
-    loads = []  # tokens per expert (layers, E) at every step
+    loads = []  # tokens per expert (layers, E) at every training step
 
     def loss_fn(m, batch):
         out = m(*batch)
-        if isinstance(out, moe.MoEGPTOutput):
+        if isinstance(out, moe.MoEGPTOutput) and m.training:  # not the evaluation batches
             loads.append(out.tokens_per_expert)
         return out.loss
 
