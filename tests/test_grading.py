@@ -106,13 +106,23 @@ def hostile(answers: dict[str, str], solution_nb) -> dict[str, str]:
     return {**answers, first: PATCHES + overrides + answers[first]}
 
 
+def _course_config():
+    """nbgrader_config.py as a traitlets Config (what `nbgrader validate` reads in the course folder)."""
+    from traitlets.config import Config
+
+    config = Config()
+    path = REPO / "nbgrader_config.py"
+    exec(compile(path.read_text(), str(path), "exec"), {"get_config": lambda: config})  # noqa: S102
+    return config
+
+
 def _validate_failures(notebook, release_nb) -> set[str]:
     """The test cells that nbgrader validate reports as failing."""
     from nbgrader.validator import Validator
 
     by_source = {c.source.strip(): c.metadata["nbgrader"]["grade_id"] for c in release_nb.cells
                  if c.metadata.get("nbgrader", {}).get("grade")}
-    validator = Validator()
+    validator = Validator(config=_course_config())  # the course's Execute.timeout, not nbgrader's 30 s
     validator.ignore_checksums = True
     report = validator.validate(str(notebook))
     assert not report.get("type_changed") and not report.get("changed"), report

@@ -155,6 +155,16 @@ def test_every_student_gets_a_row_and_a_feedback_page_without_hidden_tests(batch
     assert "visible part" in (out / "feedback" / "honest" / f"{LAB}.html").read_text()
 
 
+def _course_config():
+    """nbgrader_config.py as a traitlets Config (what `nbgrader validate` reads in the course folder)."""
+    from traitlets.config import Config
+
+    config = Config()
+    path = REPO / "nbgrader_config.py"
+    exec(compile(path.read_text(), str(path), "exec"), {"get_config": lambda: config})  # noqa: S102
+    return config
+
+
 def test_student_feedback_before_submitting_agrees_with_the_grader(batch, course):
     """nbgrader validate (the Validate button) on honest submissions: every test cell it reports as
     failing loses its points, and a submission with full marks validates cleanly."""
@@ -166,7 +176,7 @@ def test_student_feedback_before_submitting_agrees_with_the_grader(batch, course
     by_source = {"".join(c["source"]).strip(): c["metadata"]["nbgrader"]["grade_id"] for c in release["cells"]
                  if c["metadata"].get("nbgrader", {}).get("grade")}
     for student in ("honest", "honest_wrong", "untouched"):
-        validator = Validator()
+        validator = Validator(config=_course_config())  # the course's Execute.timeout, not nbgrader's 30 s
         validator.ignore_checksums = True
         report = validator.validate(str(submissions / student / f"{LAB}.ipynb"))
         failed = {by_source[c["source"]] for c in report.get("failed", []) if c["source"] in by_source}
