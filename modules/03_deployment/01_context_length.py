@@ -108,7 +108,8 @@ assert score_matrix_bytes(131_072, 64) == 2 * 2**40  # 2 TiB for one layer: no G
 # $C \to 4C \to C$) on one sequence of width $C = 256$ with 4 heads, for $T$ from 256 to 4096 (on a GPU
 # from 1024 to 16384: below that a GPU is mostly waiting for Python to launch its kernels, and time
 # hardly depends on $T$). `benchmark` reports the median of several runs, so a busy machine does not
-# fool us.
+# fool us, and on a CPU we time with a single thread: several threads sharing a busy machine make
+# timings jump for reasons that have nothing to do with $T$.
 
 # %%
 C, H = 256, 4
@@ -125,12 +126,15 @@ def inputs(T: int):
 
 
 attn_time, ffn_time = [], []
+threads = torch.get_num_threads()
+torch.set_num_threads(1)  # on a CPU, one thread: the timings then follow the arithmetic, not thread scheduling
 with torch.no_grad():
     for T in lengths:
         x, q, k, v = inputs(T)
         attn_time.append(benchmark(naive_attention, q, k, v, warmup=1, repeat=5))
         ffn_time.append(benchmark(ffn, x, warmup=1, repeat=5))
         print(f"T={T:>5}: attention core {attn_time[-1] * 1e3:.2f} ms, feed-forward {ffn_time[-1] * 1e3:.2f} ms")
+torch.set_num_threads(threads)
 
 # %% [markdown]
 # On a log-log plot a power law $y = a T^p$ is a straight line of slope $p$. We fit the slope from the

@@ -23,8 +23,9 @@ Three implementations with one signature ``f(q, k, v, causal=False, scale=None)`
   (a custom ``torch.autograd.Function``), readable and device-agnostic;
 - :func:`flash_attention_triton`: a FlashAttention-2 Triton kernel (forward and backward). Causal
   attention skips key blocks that are fully masked and applies the mask only on the blocks that cross
-  the diagonal. On CPU tensors it runs through Triton's interpreter (slow, for small shapes); on CUDA
-  it compiles. ``triton`` is imported on first use only.
+  the diagonal. On CPU tensors it runs through Triton's interpreter automatically (NumPy, slow: small
+  shapes only; ``TRITON_INTERPRET=1`` forces the interpreter for CUDA tensors too); on CUDA it compiles.
+  ``triton`` is imported on first use only.
 
 Queries ``q`` are (B, H, T, D); keys/values (B, KV, S, D) with ``H % KV == 0`` (grouped-query attention:
 query head h reads key/value head ``h // (H // KV)``). With ``causal=True`` query i sits at position
