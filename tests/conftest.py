@@ -5,13 +5,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import matplotlib
 import pytest
 
 # No test may wait on the network (the suite passes under `unshare -n`).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("MPLBACKEND", "Agg")
+
+# Figures drawn by package tests go nowhere. Not through MPLBACKEND: nbval kernels would inherit it
+# and `plt.show()` in a demo would then store no output at all.
+matplotlib.use("Agg")
 
 REPO = Path(__file__).resolve().parent.parent
 
