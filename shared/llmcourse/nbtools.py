@@ -94,6 +94,7 @@ def kernel_env() -> dict[str, str]:
     env = dict(os.environ)
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONHASHSEED="0", TOKENIZERS_PARALLELISM="false")
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    env.pop("MPLBACKEND", None)  # a kernel with Agg would store no figures
     return env
 
 
