@@ -8,6 +8,7 @@
 #   make labs        regenerate the student labs in labs/ from solutions/ with nbgrader
 #   make grade SUBMISSIONS=<folder or zip>   grade a class into grades/ (docs/INSTRUCTORS.md)
 #   make bench       print time budgets (demos, lab solutions, benchmarks)
+#   make gpu-check   on a CUDA machine: tests on the GPU, Triton vs SDPA table, demos as scripts
 #   make lock        re-resolve constraints.txt (maintainers; needs uv)
 
 PYTHON ?= python3
@@ -31,7 +32,7 @@ export PYTHONWARNINGS ?= ignore::DeprecationWarning
 .PHONY: install sysdeps lab test test-fast notebooks labs grade bench lock clean help
 
 help:
-	@sed -n '1,14p' Makefile
+	@sed -n '1,15p' Makefile
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
