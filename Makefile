@@ -32,7 +32,7 @@ export PYTHONWARNINGS ?= ignore::DeprecationWarning
 .PHONY: install sysdeps lab test test-fast notebooks labs grade bench lock clean help
 
 help:
-	@sed -n '1,15p' Makefile
+	@sed -n '1,13p' Makefile
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
