@@ -8,8 +8,8 @@
 * the same wrong answers with the comparison helpers monkeypatched (torch.allclose, torch.isclose,
   torch.testing.assert_close, numpy's helpers, Tensor methods) and the lab's own test helpers overridden
   gain no point;
-* nbgrader validate (what a student runs before submitting) agrees with the grader on the solution and
-  on a wrong submission (validate runs only the visible tests, so it may pass what hidden tests fail).
+* nbgrader validate (what a student runs before submitting) passes the solution, which gets full marks
+  (validate runs only the visible tests; the fixture lab checks it against wrong submissions too).
 
 The grading scenarios themselves (timeouts, crashes, sandbox, broken files...) are tested once on a fast
 fixture lab in tests/test_grading_scenarios.py.
@@ -172,12 +172,8 @@ def test_grading_pipeline(lab, tmp_path):
     noisy_result = results["solution_noisy"]
     assert noisy_result.scores == full.max_scores, f"stderr noise cost points: {noisy_result.reasons}"
 
-    # What a student sees before submitting (nbgrader validate runs the visible tests) never contradicts
-    # the grade: a test cell validate reports as failing loses its points; full marks validate cleanly.
-    release_nb = nbtools.read_ipynb(release)
-    for student in ("solution", f"wrong_{first_wrong}"):
-        failed = _validate_failures(course / "submitted" / student / lab / f"{lab}.ipynb", release_nb)
-        result = results[student]
-        lost = {gid for gid, pts in result.scores.items() if pts < result.max_scores[gid]}
-        assert failed <= lost, f"{student}: validate fails {failed} but the grader gives their points ({lost})"
-        assert lost or not failed, f"{student}: full marks, yet validate reports {failed}"
+    # What a student sees before submitting (nbgrader validate runs the visible tests) agrees with the
+    # grade: the solution, full marks here, validates cleanly. (Wrong submissions are compared with
+    # validate on the fixture lab, tests/test_grading_scenarios.py: one more kernel run per lab here.)
+    failed = _validate_failures(course / "submitted" / "solution" / lab / f"{lab}.ipynb", nbtools.read_ipynb(release))
+    assert not failed, f"the solution gets full marks, yet validate reports {failed}"
