@@ -67,7 +67,8 @@ sysdeps:
 
 lab: install
 	@echo "Starting JupyterLab: open the http://127.0.0.1:$(PORT)/lab?token=... URL printed below."
-	$(VENV)/bin/jupyter lab --ip=127.0.0.1 --port=$(PORT) --no-browser --ServerApp.root_dir=$(CURDIR)
+	$(VENV)/bin/jupyter lab --ip=127.0.0.1 --port=$(PORT) --no-browser --ServerApp.root_dir=$(CURDIR) \
+	    $(if $(filter 0,$(shell id -u)),--allow-root)
 
 test: install sysdeps
 	$(PY) -m pytest -n $(JOBS) $(PYTEST_ARGS)
