@@ -131,7 +131,7 @@ def text_batches(split_name, generator):
 seed_everything(0)
 lm = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=16, n_layer=2, n_head=4, d_model=64))
 start = time.perf_counter()
-train(lm, TrainConfig(steps=300, batch_size=64, lr=3e-3, weight_decay=0.1, warmup=20, min_lr=1e-4,
+train(lm, TrainConfig(steps=200, batch_size=64, lr=3e-3, weight_decay=0.1, warmup=20, min_lr=1e-4,
                       eval_every=1000, eval_batches=1),
       text_batches, device=device, progress_bar=False, has_val=False)
 lm.requires_grad_(False).eval()
@@ -255,7 +255,7 @@ print(f"trainable (resampler + 2 gated cross-attention layers): {n_trainable:,};
 lm_before = {k: v.clone() for k, v in lm.state_dict().items()}
 
 start = time.perf_counter()
-history = train(model, TrainConfig(steps=300, batch_size=64, lr=3e-3, weight_decay=0.0, warmup=20, min_lr=1e-4,
+history = train(model, TrainConfig(steps=200, batch_size=64, lr=3e-3, weight_decay=0.0, warmup=20, min_lr=1e-4,
                                    eval_every=50, eval_batches=2),
                 lm_batches, device=device, progress_bar=False)
 model.eval()

@@ -202,7 +202,7 @@ for beta in (0.1, 0.0):
     policy = rlhf.frozen_copy(reference).requires_grad_(True)
     start = time.perf_counter()
     history = rlhf.rl_train(policy, reference, reward_model, tokenizer,
-                            rlhf.RLConfig(beta=beta, steps=120, batch_size=64, lr=1e-3, seed=0))
+                            rlhf.RLConfig(beta=beta, steps=100, batch_size=64, lr=1e-3, seed=0))
     samples = rlhf.sample(policy, 500, generator=torch.Generator().manual_seed(2))
     runs[beta] = (policy, history, samples)
     print(f"beta={beta}: {time.perf_counter() - start:.1f} s; last 10 steps: proxy {sum(history.proxy[-10:]) / 10:.2f}, "
@@ -283,11 +283,11 @@ def evaluate(policy, samples):
 
 
 dpo = {}
-for beta, lr in ((0.1, 1e-3), (1.0, 3e-4)):
+for beta in (0.1, 1.0):
     seed_everything(0)
     dpo_policy = rlhf.frozen_copy(reference).requires_grad_(True)
     start = time.perf_counter()
-    losses = rlhf.dpo_train(dpo_policy, reference, train_prefs, beta=beta, steps=150, batch_size=64, lr=lr)
+    losses = rlhf.dpo_train(dpo_policy, reference, train_prefs, beta=beta, steps=100, batch_size=64, lr=3e-4)
     dpo[beta] = evaluate(dpo_policy, rlhf.sample(dpo_policy, 500, generator=torch.Generator().manual_seed(2)))
     print(f"DPO beta={beta}: {time.perf_counter() - start:.1f} s, loss {losses[0]:.3f} -> {sum(losses[-10:]) / 10:.3f}")
 
@@ -302,12 +302,12 @@ for name, (gold, wf, gold_wf, kl) in table.items():
     print(f"{name:<21}{gold:>+7.2f}{wf:>13.0%}{gold_wf:>21}{kl:>11.1f}")
 ref_row, low_beta, high_beta = table["reference"], dpo[0.1], dpo[1.0]
 assert high_beta[1] > 0.9 and high_beta[0] > ref_row[0] + 0.5  # DPO, beta=1: better and still well-formed
-assert low_beta[1] < 0.8 and low_beta[2] > 1.5  # DPO, beta=0.1: positive reviews, but many broken ones
+assert low_beta[1] < 0.8 and low_beta[2] > 1.0  # DPO, beta=0.1: positive reviews, but many broken ones
 
 # %% [markdown]
 # Both DPO runs learned the sentiment (look at the gold reward among well-formed reviews), from the same 1,600
 # preferences, with no reward model and no sampling during training; that simplicity is why DPO became the
-# default for open models. But with $\beta = 0.1$ a third of its samples are broken sentences. DPO only pushes
+# default for open models. But with $\beta = 0.1$ many of its samples are broken sentences. DPO only pushes
 # the chosen review's likelihood *up relative to* the rejected one's; both can go down, and the probability
 # mass that leaves them lands on sequences no pair ever covered ("likelihood displacement", Razin et al.
 # 2024). Nothing in the loss looks at those sequences, and, unlike RL, DPO never samples from the policy, so
