@@ -17,7 +17,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # and `plt.show()` in a demo would then store no output at all.
 matplotlib.use("Agg")
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent
 
 
 @pytest.fixture(scope="session")
@@ -32,3 +32,12 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if not any(True for _ in item.iter_markers("xdist_group")):
             item.add_marker(pytest.mark.xdist_group(str(item.fspath)))
+
+
+def pytest_xdist_node_collection_finished(node, ids):
+    """With --dist loadgroup the scheduler reads each test's group from an '@group' suffix of the
+    node id. pytest 9.2 dropped that suffix silently: each notebook cell then ran in a fresh kernel
+    and failed with NameError. Stop with the reason instead."""
+    if node.config.getvalue("dist") == "loadgroup" and ids and not any("@" in i for i in ids):
+        pytest.exit(f"pytest {pytest.__version__} ignores pytest-xdist's --dist loadgroup groups (node id "
+                    f"{ids[0]!r} has no '@group'); install the pinned versions with: make install", returncode=4)
