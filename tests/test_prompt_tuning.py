@@ -152,6 +152,37 @@ def test_prefix_tuning_equals_peft(with_mask):
     torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
 
 
+def test_prefix_from_text_equals_reading_the_text_first():
+    """A prefix set to the model's own keys/values of a text == the model reading that text first."""
+    model = tiny_llama()
+    lm = pt.PrefixTuningLM(model, 4)
+    text = torch.randint(0, 97, (1, 4))
+    lm.init_from_text(text[0].tolist())
+    ids = torch.randint(0, 97, (2, 6))
+    with torch.no_grad():
+        got = lm(ids).logits
+        expected = model(torch.cat([text.expand(2, -1), ids], dim=1)).logits[:, 4:]
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    lm.init_from_text([1, 2])  # repeated to 4 tokens: 1 2 1 2
+    with torch.no_grad():
+        got = lm(ids).logits
+        expected = model(torch.cat([torch.tensor([[1, 2, 1, 2]]).expand(2, -1), ids], dim=1)).logits[:, 4:]
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_prefix_from_text_gpt_uses_its_own_keys():
+    model = tiny_gpt(n_layer=2)
+    lm = pt.PrefixTuningLM(model, 3)
+    lm.init_from_text([5, 6, 7])
+    with torch.no_grad():
+        _, k, v = model.h[1].attn.attn.qkv(model.h[1].ln_1(model.h[0](model.embed(torch.tensor([[5, 6, 7]])))))
+        torch.testing.assert_close(lm.prefix(1)[1][0], k)
+        torch.testing.assert_close(lm.prefix(1)[1][1], v)
+    # capturing is switched off again: later plain calls keep no activations
+    model(torch.tensor([[1, 2]]))
+    assert all(not w.capture and w.captured is None for w in lm._wrappers)
+
+
 def test_prefix_tuning_hf_gradients_reach_prefix_only():
     lm = pt.PrefixTuningLM(tiny_llama(), 3, std=0.1)
     ids = torch.randint(0, 97, (2, 5))

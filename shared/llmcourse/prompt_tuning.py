@@ -231,6 +231,15 @@ class PrefixKV(nn.Module):
         # peft's nn.Embedding default init is N(0, 1); std scales it.
         self.weight = nn.Parameter(torch.randn(n_virtual, n_layers * 2 * n_kv_heads * head_dim, device=device) * std)
 
+    @torch.no_grad()
+    def load_kv(self, kv: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Set the prefixes from L pairs of (keys, values), each (1, KV, P, D) (the inverse of forward)."""
+        P, L, KV, D = self.n_virtual, self.n_layers, self.n_kv_heads, self.head_dim
+        if len(kv) != L or any(t.shape != (1, KV, P, D) for pair in kv for t in pair):
+            raise ValueError(f"need {L} (keys, values) pairs of shape (1, {KV}, {P}, {D})")
+        stacked = torch.stack([t[0] for pair in kv for t in pair])  # (2L, KV, P, D)
+        self.weight.copy_(stacked.permute(2, 0, 1, 3).reshape(P, L * 2 * KV * D))
+
     def forward(self, batch_size: int, dtype: torch.dtype | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """L pairs (keys, values), each (B, KV, P, D), in peft's layout."""
         P, L, KV, D = self.n_virtual, self.n_layers, self.n_kv_heads, self.head_dim
@@ -249,11 +258,16 @@ class _PrefixSelfAttention(nn.Module):
         self.attn = attn
         self.layer = layer
         self.prefix: tuple[torch.Tensor, torch.Tensor] | None = None  # set by PrefixTuningLM per forward
+        self.capture = False  # set by PrefixTuningLM.init_from_text: keep the keys/values of a plain call
+        self.captured: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, x, context=None, mask=None, attn_bias=None, return_weights=False):
         if context is not None or mask is not None or attn_bias is not None or return_weights:
             raise ValueError("prefix tuning supports plain causal self-attention only")
         if self.prefix is None:
+            if self.capture:  # only then: it costs a second q/k/v projection
+                _, k, v = self.attn.qkv(x)
+                self.captured = (k.detach(), v.detach())
             return self.attn(x)
         a = self.attn
         q, k, v = a.qkv(x)  # (B, H, T, D), (B, KV, T, D) x 2
@@ -295,6 +309,31 @@ class PrefixTuningLM(nn.Module):
                 wrapper = block.attn if isinstance(block.attn, _PrefixSelfAttention) else _PrefixSelfAttention(block.attn, i)
                 block.attn = wrapper
                 self._wrappers.append(wrapper)
+
+    @torch.no_grad()
+    def init_from_text(self, token_ids: Sequence[int]) -> None:
+        """Start the prefixes from the keys and values that the frozen model itself computes for a text of
+        P tokens (Li & Liang 2021, section 7.2: initialising with real words' activations trains faster and
+        more stably than random vectors). The text's tokens are repeated or truncated to P, as in
+        :func:`init_token_ids`. For a Hugging Face model these are the cached (post-RoPE) keys at positions
+        0..P-1, so the real tokens that follow sit at positions P.. as usual."""
+        ids = torch.tensor([init_token_ids(token_ids, self.prefix.n_virtual)], device=self.prefix.weight.device)
+        if isinstance(self.model, GPT):
+            for w in self._wrappers:
+                w.capture = True
+            try:
+                self.model(ids)
+            finally:
+                for w in self._wrappers:
+                    w.capture = False
+            kv = [w.captured for w in self._wrappers]
+            for w in self._wrappers:
+                w.captured = None
+        else:
+            out = self.model(input_ids=ids, use_cache=True)
+            cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+            kv = [(layer.keys, layer.values) for layer in cache.layers]
+        self.prefix.load_kv([(k.float(), v.float()) for k, v in kv])
 
     def forward(self, input_ids: torch.Tensor, targets: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None) -> LMOutput:
