@@ -34,6 +34,7 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.xdist_group(str(item.fspath)))
 
 
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: unknown when xdist is disabled
 def pytest_xdist_node_collection_finished(node, ids):
     """With --dist loadgroup the scheduler reads each test's group from an '@group' suffix of the
     node id. pytest 9.2 dropped that suffix silently: each notebook cell then ran in a fresh kernel
