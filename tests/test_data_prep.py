@@ -147,3 +147,18 @@ def test_label_noise_flips_exactly():
     assert dp.add_label_noise(labels, 0.0, 4) == labels
     with pytest.raises(ValueError, match="rate"):
         dp.add_label_noise(labels, 1.5, 4)
+
+
+def test_data_card_sizes():
+    """The numbers stated in data/fine_tuning_tasks.md."""
+    train, test = dp.make_number_words(n_test=150, seed=0)
+    assert len(train) == 850 and len(test) == 150
+    assert sorted(int(e.completion) for e in train + test) == list(range(1000))
+    assert max(len(e.prompt) for e in train + test) == 27
+    assert dp.number_to_words(473) == "four hundred seventy three" and dp.number_to_words(0) == "zero"
+    assert len(dp.load_stdlib_topics(per_class=272)) == 6 * 272  # "numbers" has 272 paragraphs
+    with pytest.raises(ValueError, match="'numbers' has 272"):
+        dp.load_stdlib_topics(per_class=273)
+    demo = dp.load_stdlib_topics(per_class=60, max_chars=160)
+    assert round(sum(len(t) for t in demo.texts) / len(demo)) == 67
+    assert (len(dp.SYNONYMS), sum(len(v) for v in dp.SYNONYMS.values())) == (40, 67)
