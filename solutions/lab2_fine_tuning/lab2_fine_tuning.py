@@ -437,7 +437,7 @@ with reference_parts("LoRALinear"):
 ### BEGIN HIDDEN TESTS
 def _check_like_peft(targets, r, alpha, seed):
     """Same layers, same trainable shapes and, with the same adapter weights, the same logits as peft."""
-    with reference_parts("LoRALinear"):
+    with reference_parts("LoRALinear"):  # the course's layer in place of Part 1
         ours = tiny_llama(seed)
         got = inject_lora(ours, list(targets), r=r, alpha=alpha)
         theirs = peft_lora(tiny_llama(seed), targets, r, alpha)
@@ -480,7 +480,7 @@ _model = nn.Module()
 _model.blocks = nn.ModuleList([_Block(), _Block()])
 _model.proj = nn.Linear(8, 3)
 _model.head = nn.Linear(3, 3)
-with reference_parts("LoRALinear"):
+with reference_parts("LoRALinear"):  # the course's layer in place of Part 1
     _got = inject_lora(_model, ("proj",), r=2, alpha=4, dropout=0.1)
     _want = ["blocks.0.attn.proj", "blocks.0.mlp.proj", "blocks.1.attn.proj", "blocks.1.mlp.proj", "proj"]
     assert _got == _want, f"target 'proj' must choose exactly {_want} (the last component of the name), got {_got}"
@@ -631,7 +631,7 @@ with reference_parts(LoRALinear=ref_lora.LoRALinear):
 ### BEGIN HIDDEN TESTS
 def _check_merge(seed, targets, r, alpha, tie):
     model_, names_ = lora_llama(seed, targets, r, alpha, tie)
-    with reference_parts(LoRALinear=ref_lora.LoRALinear):
+    with reference_parts(LoRALinear=ref_lora.LoRALinear):  # the class of the adapted layers
         layers_ = [model_.get_submodule(n) for n in names_]
         weights_ = [m.base.weight.detach().clone() for m in layers_]
         ids_ = torch.randint(0, 97, (3, 6))
