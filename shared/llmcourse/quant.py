@@ -332,6 +332,10 @@ NF4_LEVELS = torch.tensor([
 ])
 
 
+#: Both NF4 levels of every possible byte of packed codes: row b = (levels[b >> 4], levels[b & 15]).
+_NF4_PAIRS = torch.stack([NF4_LEVELS.repeat_interleave(16), NF4_LEVELS.repeat(16)], dim=-1).contiguous()
+
+
 def nf4_levels(offset: float = 0.9677083) -> torch.Tensor:
     """Build the NF4 levels from scratch (QLoRA, section 3; bitsandbytes ``create_normal_map``).
 
@@ -402,9 +406,12 @@ def nf4_dequantize(t: NF4Tensor, dtype: torch.dtype = torch.float32) -> torch.Te
         G = math.ceil(n / t.block_size)
         q = F.pad(t.absmax_q, (0, (-G) % t.dq_block_size)).view(-1, t.dq_block_size)  # (G', dq)
         absmax = (q.float() * t.absmax_scale[:, None]).reshape(-1)[:G] + t.absmax_mean
-    codes = unpack_4bit(t.packed, n).long()
-    values = NF4_LEVELS.to(t.packed.device)[codes]  # (n,)
-    values = F.pad(values, (0, (-n) % t.block_size)).view(-1, t.block_size) * absmax[:, None]
+    # One lookup per packed byte gives both of its levels (high nibble first), as bitsandbytes' kernels
+    # do: about 3x faster on CPU than unpacking the codes and looking each one up.
+    values = _NF4_PAIRS.to(t.packed.device).index_select(0, t.packed.int()).view(-1)  # (2 * len(packed),)
+    if n % t.block_size == 0 and values.numel() == n:  # the usual case: scale in place, no copies
+        return values.view(-1, t.block_size).mul_(absmax[:, None]).view(t.shape).to(dtype)
+    values = F.pad(values[:n], (0, (-n) % t.block_size)).view(-1, t.block_size) * absmax[:, None]
     return values.reshape(-1)[:n].view(t.shape).to(dtype)
 
 
