@@ -86,3 +86,20 @@ def test_module_readme_has_claims_table(module):
     assert "| Claim" in text or "| claim" in text, f"{readme} has no claims table"
     for demo in module.glob("[0-9]*.py"):
         assert demo.stem in text, f"{readme} does not mention {demo.name}"
+
+
+def test_readme_module_map_is_true():
+    """The top-level README's module map names exactly the demos, the lab and existing helper modules."""
+    import re
+
+    rows = [line for line in (REPO / "README.md").read_text().splitlines() if re.match(r"\| \d ", line)]
+    modules = sorted(p for p in (REPO / "modules").iterdir() if p.is_dir())
+    assert len(rows) == len(modules), f"{len(rows)} module rows for {len(modules)} module folders"
+    for row, folder in zip(rows, modules):
+        _, demos, lab, helpers = (cell.strip() for cell in row.strip("|").split("|"))
+        named = re.findall(r"`([^`]+)`", demos)
+        assert named == [p.stem for p in sorted(folder.glob("[0-9][0-9]_*.py"))], (folder.name, named)
+        (lab_name,) = re.findall(r"`([^`]+)`", lab)
+        assert (REPO / "labs" / lab_name).is_dir() and (REPO / "solutions" / lab_name).is_dir(), lab_name
+        for helper in re.findall(r"`([^`]+)`", helpers):
+            assert (REPO / "shared" / "llmcourse" / f"{helper}.py").is_file(), helper
