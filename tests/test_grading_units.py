@@ -223,3 +223,26 @@ def test_guard_restores_patches_but_accepts_library_wrappers():
         assert guard._drift(restore=True) == []  # noqa: SLF001 - the wrapper is the new normal
     finally:
         torch.manual_seed, torch.testing.assert_close = original, assert_close
+
+
+def test_edit_answer_replaces_one_line_keeping_its_indent():
+    solution = {"a_answer": "def f(x):\n    y = x * 2  # double\n    return y\n"}
+    assert grading.edit_answer(solution, "a_answer", ("y = x", "y = x * 3\ny += 1")) == {
+        "a_answer": "def f(x):\n    y = x * 3\n    y += 1\n    return y\n"}
+    with pytest.raises(ValueError, match="'missing' is on 0 lines"):
+        grading.edit_answer(solution, "a_answer", ("missing", "z"))
+    with pytest.raises(ValueError, match="no answer cell 'b_answer'"):
+        grading.edit_answer(solution, "b_answer", ("y", "z"))
+
+
+def test_combine_mistakes_uses_each_mistake_once_in_different_cells():
+    mistakes = {"m1": {"answers": {"a": "1"}, "fails": {"a_test"}},
+                "m2": {"answers": {"b": "2"}, "fails": {"b_test"}},
+                "m3": {"answers": {"a": "3"}, "fails": {"a_test"}}}
+    wrong = grading.combine_mistakes(mistakes, [("m1", "m2"), ("m3",)])
+    assert wrong == {"m1+m2": {"answers": {"a": "1", "b": "2"}, "fails": {"a_test", "b_test"}},
+                     "m3": {"answers": {"a": "3"}, "fails": {"a_test"}}}
+    with pytest.raises(ValueError, match=r"unused \['m3'\]"):
+        grading.combine_mistakes(mistakes, [("m1", "m2")])
+    with pytest.raises(ValueError, match="same answer cell"):
+        grading.combine_mistakes(mistakes, [("m1", "m3"), ("m2",)])

@@ -148,6 +148,45 @@ def answers_from_solution(lab_source: Path) -> dict[str, str]:
     }
 
 
+def edit_answer(solution: dict[str, str], grade_id: str, *replacements: tuple[str, str]) -> dict[str, str]:
+    """A wrong answer written as a diff of the solution (so wrong-submission fixtures stay in step with it):
+    the answer cell ``grade_id`` of ``solution`` (see :func:`answers_from_solution`) where, for each
+    ``(old, new)``, the one line that contains ``old`` becomes ``new`` (lines of ``new`` keep that line's
+    indent). Returns ``{grade_id: source}``."""
+    if grade_id not in solution:
+        raise ValueError(f"the solution has no answer cell {grade_id!r}; it has {sorted(solution)}")
+    lines = solution[grade_id].splitlines()
+    for old, new in replacements:
+        hits = [i for i, line in enumerate(lines) if old in line]
+        if len(hits) != 1:
+            raise ValueError(f"{grade_id}: {old!r} is on {len(hits)} lines of the solution, expected 1")
+        indent = lines[hits[0]][: len(lines[hits[0]]) - len(lines[hits[0]].lstrip())]
+        lines[hits[0]:hits[0] + 1] = [indent + line for line in new.splitlines()]
+    return {grade_id: "\n".join(lines) + "\n"}
+
+
+def combine_mistakes(mistakes: dict[str, dict], submissions: list[tuple[str, ...]]) -> dict[str, dict]:
+    """Wrong submissions from single mistakes. ``mistakes[name]`` is ``{"answers": {grade_id: source},
+    "fails": {test grade_ids}}``; each entry of ``submissions`` names mistakes in *different* answer cells
+    and becomes one submission ``{"answers": ..., "fails": ...}`` keyed by the names joined with "+".
+    Every mistake must be used exactly once."""
+    used = sorted(name for names in submissions for name in names)
+    if used != sorted(mistakes):
+        raise ValueError(f"use every mistake exactly once: unused {sorted(set(mistakes) - set(used))}, "
+                         f"repeated or unknown {sorted({n for n in used if used.count(n) > 1 or n not in mistakes})}")
+    wrong = {}
+    for names in submissions:
+        answers: dict[str, str] = {}
+        fails: set[str] = set()
+        for name in names:
+            if set(mistakes[name]["answers"]) & set(answers):
+                raise ValueError(f"{names}: two mistakes in the same answer cell")
+            answers.update(mistakes[name]["answers"])
+            fails |= set(mistakes[name]["fails"])
+        wrong["+".join(names)] = {"answers": answers, "fails": fails}
+    return wrong
+
+
 def make_submission(release_nb: Path, answers: dict[str, str], dest: Path) -> Path:
     """Write the release notebook with the given answer cells filled in (others left as stubs)."""
     import nbformat

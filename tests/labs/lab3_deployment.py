@@ -17,15 +17,8 @@ SOLUTION = grading.answers_from_solution(Path(__file__).resolve().parents[2] / "
 
 
 def edit(grade_id: str, *replacements: tuple[str, str]) -> dict[str, str]:
-    """The solution's answer cell ``grade_id`` with lines replaced: for each ``(old, new)``, the one line
-    that contains ``old`` becomes ``new`` (lines of ``new`` keep that line's indent)."""
-    lines = SOLUTION[grade_id].splitlines()
-    for old, new in replacements:
-        hits = [i for i, line in enumerate(lines) if old in line]
-        assert len(hits) == 1, f"{grade_id}: {old!r} is on {len(hits)} lines of the solution, expected 1"
-        indent = lines[hits[0]][: len(lines[hits[0]]) - len(lines[hits[0]].lstrip())]
-        lines[hits[0]:hits[0] + 1] = [indent + line for line in new.splitlines()]
-    return {grade_id: "\n".join(lines) + "\n"}
+    """The solution's answer cell ``grade_id`` with lines replaced (see ``grading.edit_answer``)."""
+    return grading.edit_answer(SOLUTION, grade_id, *replacements)
 
 
 FULL_SCORE_ATTENTION = '''def tiled_attention(q, k, v, block_size=16):
@@ -112,17 +105,6 @@ MISTAKES = {
 }
 
 
-def combine(*names: str) -> dict:
-    """One submission with the given mistakes, each in a different answer cell."""
-    answers: dict[str, str] = {}
-    fails: set[str] = set()
-    for name in names:
-        mistake = MISTAKES[name]
-        assert not set(mistake["answers"]) & set(answers), f"{names}: two mistakes in the same answer cell"
-        answers.update(mistake["answers"])
-        fails |= mistake["fails"]
-    return {"answers": answers, "fails": fails}
-
 
 SUBMISSIONS = [  # every mistake appears exactly once
     ("absmax_scale_from_mean",),  # alone: every other part keeps its points
@@ -132,6 +114,4 @@ SUBMISSIONS = [  # every mistake appears exactly once
     ("router_fraction_over_tokens", "tiled_output_not_rescaled", "cascade_strict_threshold"),
     ("cascade_escalation_skips_small_cost",),
 ]
-assert sorted(n for names in SUBMISSIONS for n in names) == sorted(MISTAKES), "use every mistake exactly once"
-
-WRONG = {"+".join(names): combine(*names) for names in SUBMISSIONS}
+WRONG = grading.combine_mistakes(MISTAKES, SUBMISSIONS)

@@ -18,15 +18,8 @@ SOLUTION = grading.answers_from_solution(Path(__file__).resolve().parents[2] / "
 
 
 def edit(grade_id: str, *replacements: tuple[str, str]) -> dict[str, str]:
-    """The solution's answer cell ``grade_id`` with lines replaced: for each ``(old, new)``, the one line
-    that contains ``old`` becomes ``new`` (lines of ``new`` keep that line's indent)."""
-    lines = SOLUTION[grade_id].splitlines()
-    for old, new in replacements:
-        hits = [i for i, line in enumerate(lines) if old in line]
-        assert len(hits) == 1, f"{grade_id}: {old!r} is on {len(hits)} lines of the solution, expected 1"
-        indent = lines[hits[0]][: len(lines[hits[0]]) - len(lines[hits[0]].lstrip())]
-        lines[hits[0]:hits[0] + 1] = [indent + line for line in new.splitlines()]
-    return {grade_id: "\n".join(lines) + "\n"}
+    """The solution's answer cell ``grade_id`` with lines replaced (see ``grading.edit_answer``)."""
+    return grading.edit_answer(SOLUTION, grade_id, *replacements)
 
 
 MISTAKES = {
@@ -90,17 +83,6 @@ MISTAKES = {
 }
 
 
-def combine(*names: str) -> dict:
-    """One submission with the given mistakes, each in a different answer cell."""
-    answers: dict[str, str] = {}
-    fails: set[str] = set()
-    for name in names:
-        mistake = MISTAKES[name]
-        assert not set(mistake["answers"]) & set(answers), f"{names}: two mistakes in the same answer cell"
-        answers.update(mistake["answers"])
-        fails |= mistake["fails"]
-    return {"answers": answers, "fails": fails}
-
 
 SUBMISSIONS = [  # every mistake appears exactly once
     ("patch_plain_reshape", "clip_one_direction", "decay_mask_transposed"),
@@ -108,6 +90,4 @@ SUBMISSIONS = [  # every mistake appears exactly once
     ("clip_normalise_over_batch", "classify_by_raw_dot_product", "decay_on_the_new_term"),
     ("resampler_no_attention_residual", "output_before_update"),
 ]
-assert sorted(n for names in SUBMISSIONS for n in names) == sorted(MISTAKES), "use every mistake exactly once"
-
-WRONG = {"+".join(names): combine(*names) for names in SUBMISSIONS}
+WRONG = grading.combine_mistakes(MISTAKES, SUBMISSIONS)
