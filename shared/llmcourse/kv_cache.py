@@ -45,7 +45,7 @@ from torch import nn
 
 from .attention import causal_mask, repeat_kv
 from .positional import alibi_bias, sinusoidal_encoding
-from .transformer import GPT, TransformerBlock
+from .transformer import GPT, TransformerBlock, check_sampling_args, sample_next
 from .utils import synchronize
 
 __all__ = [
@@ -194,12 +194,7 @@ def generate_cached(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperat
     """``GPT.generate`` with a KV cache: same arguments, same tokens (same random draws for the same
     ``generator``), but each step runs the model on one token. idx (B, T) -> (B, T + max_new_tokens).
     Learned/sinusoidal positions cannot slide, so ``T + max_new_tokens`` must fit in ``block_size``."""
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    if not greedy and temperature <= 0:
-        raise ValueError(f"temperature must be > 0 (or use greedy=True), got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    check_sampling_args(max_new_tokens, temperature, top_k, greedy)
     total = idx.shape[1] + max_new_tokens
     if model.config.pos_encoding in ("learned", "sinusoidal") and total > model.config.block_size:
         raise ValueError(f"{total} tokens exceed block_size {model.config.block_size}: a cache cannot slide a "
@@ -210,14 +205,7 @@ def generate_cached(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperat
         cache = KVCache.for_model(model, idx.shape[0], max_len=max(total, 1))
         logits = gpt_forward_cached(model, idx, cache)[:, -1, :].float()  # prefill: the whole prompt
         for step in range(max_new_tokens):
-            if greedy:
-                next_id = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
-            else:
-                scaled = logits / temperature
-                if top_k is not None:
-                    kth = torch.topk(scaled, min(top_k, scaled.shape[-1])).values[:, -1:]  # (B, 1)
-                    scaled = scaled.masked_fill(scaled < kth, float("-inf"))
-                next_id = torch.multinomial(torch.softmax(scaled, dim=-1), 1, generator=generator)  # (B, 1)
+            next_id = sample_next(logits, temperature, top_k, greedy, generator)  # (B, 1)
             idx = torch.cat([idx, next_id], dim=1)
             if step < max_new_tokens - 1:  # decode: only the new token goes through the model
                 logits = gpt_forward_cached(model, next_id, cache)[:, -1, :].float()

@@ -283,6 +283,31 @@ class GPTOutput(NamedTuple):
     loss: torch.Tensor | None
 
 
+def check_sampling_args(max_new_tokens: int, temperature: float, top_k: int | None, greedy: bool) -> None:
+    """The argument checks shared by every ``generate``: a clear ``ValueError`` for each bad value."""
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if not greedy and temperature <= 0:
+        raise ValueError(f"temperature must be > 0 (or use greedy=True), got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+
+
+def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, greedy: bool = False,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """One decoding step: logits (B, V) of the last position -> next token ids (B, 1).
+
+    The argmax when ``greedy``; otherwise a draw from ``softmax(logits / temperature)`` restricted to the
+    ``top_k`` most likely tokens (all of them when ``top_k`` is None)."""
+    if greedy:
+        return logits.argmax(dim=-1, keepdim=True)  # (B, 1)
+    logits = logits / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(torch.softmax(logits, dim=-1), num_samples=1, generator=generator)  # (B, 1)
+
+
 class GPT(nn.Module):
     """A GPT language model (Radford et al. 2018, 2019): token + position embeddings, ``n_layer`` causal
     pre-norm blocks, a final LayerNorm and a linear head tied to the token embedding.
@@ -364,12 +389,7 @@ class GPT(nn.Module):
         and sinusoidal positions; ALiBi and no-position models see the whole sequence. Runs in eval mode
         (no dropout) and restores the previous mode. No KV cache: simple, quadratic (module 03 adds one).
         """
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        if not greedy and temperature <= 0:
-            raise ValueError(f"temperature must be > 0 (or use greedy=True), got {temperature}")
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        check_sampling_args(max_new_tokens, temperature, top_k, greedy)
         _check_idx(idx)
         crop = self.config.pos_encoding in ("learned", "sinusoidal")
         was_training = self.training
@@ -378,16 +398,7 @@ class GPT(nn.Module):
             for _ in range(max_new_tokens):
                 context = idx[:, -self.config.block_size:] if crop else idx
                 logits = self(context).logits[:, -1, :].float()  # (B, V): only the last position matters
-                if greedy:
-                    next_id = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
-                else:
-                    logits = logits / temperature
-                    if top_k is not None:
-                        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]  # (B, 1)
-                        logits = logits.masked_fill(logits < kth, float("-inf"))
-                    probs = torch.softmax(logits, dim=-1)
-                    next_id = torch.multinomial(probs, num_samples=1, generator=generator)  # (B, 1)
-                idx = torch.cat([idx, next_id], dim=1)
+                idx = torch.cat([idx, sample_next(logits, temperature, top_k, greedy, generator)], dim=1)
         finally:
             self.train(was_training)
         return idx
