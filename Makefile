@@ -8,6 +8,7 @@
 #   make labs        regenerate the student labs in labs/ from solutions/ with nbgrader
 #   make grade SUBMISSIONS=<folder or zip>   grade a class into grades/ (docs/INSTRUCTORS.md)
 #   make bench       print time budgets (demos, lab solutions, benchmarks)
+#   make models      build the model caches once (SmolLM2 conversion, tiny GPT training)
 #   make gpu-check   on a CUDA machine: tests on the GPU, Triton vs SDPA table, demos as scripts
 #   make lock        re-resolve constraints.txt (maintainers; needs uv)
 
@@ -29,10 +30,10 @@ export TRANSFORMERS_NO_ADVISORY_WARNINGS = 1
 export TOKENIZERS_PARALLELISM = false
 export PYTHONWARNINGS ?= ignore::DeprecationWarning
 
-.PHONY: install sysdeps lab test test-fast notebooks labs grade bench lock clean help
+.PHONY: install sysdeps models lab test test-fast notebooks labs grade bench lock clean help
 
 help:
-	@sed -n '1,13p' Makefile
+	@sed -n '1,14p' Makefile
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -70,8 +71,13 @@ lab: install
 	$(VENV)/bin/jupyter lab --ip=127.0.0.1 --port=$(PORT) --no-browser --ServerApp.root_dir=$(CURDIR) \
 	    $(if $(filter 0,$(shell id -u)),--allow-root)
 
-test: install sysdeps
+test: install sysdeps models
 	$(PY) -m pytest -n $(JOBS) $(PYTEST_ARGS)
+
+# The cached models (SmolLM2 converted from its GGUF, the tiny GPT trained once), built in one process
+# before the parallel tests: two notebooks would otherwise wait on the first, slowed down by each other.
+models: install
+	$(PY) -c "from llmcourse.models import smollm2; from llmcourse.train import tiny_gpt; smollm2(); tiny_gpt()"
 
 # The package tests alone (no notebooks, no grading): a quick loop while editing shared/.
 test-fast: install
