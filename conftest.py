@@ -12,6 +12,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# nbval's kernels inherit this environment: hash strings as `make notebooks` does (llmcourse.nbtools
+# .kernel_env), or a demo whose results depend on set order reproduces its stored outputs only by chance.
+os.environ["PYTHONHASHSEED"] = "0"
 
 # Figures drawn by package tests go nowhere. Not through MPLBACKEND: nbval kernels would inherit it
 # and `plt.show()` in a demo would then store no output at all.

@@ -96,13 +96,17 @@ assert wrap_error > 1.0
 # ## 2. Measured scaling
 #
 # We time both on 4 channels, for lengths up to 65,536 for the FFT and up to 8,192 for the direct method
-# (median of several runs), with causal attention (PyTorch's fused `scaled_dot_product_attention`, one head
-# of width 64) up to 4,096 for reference. On log-log axes a power law $t \propto T^k$ is a straight line of
+# (median of several runs, on one CPU thread so that other programs disturb every method alike), with
+# causal attention (PyTorch's fused `scaled_dot_product_attention`, one head of width 64) up to 4,096
+# for reference. On log-log axes a power law $t \propto T^k$ is a straight line of
 # slope $k$.
 
 # %%
 lengths = [512, 1024, 2048, 4096, 8192, 16384, 32768, 65536]
 timings = {"FFT convolution": [], "direct convolution": [], "causal attention": []}
+threads = torch.get_num_threads()
+if device.type == "cpu":
+    torch.set_num_threads(1)  # one thread: another busy program on the machine disturbs every method alike
 for T in lengths:
     x = torch.randn(1, 4, T, device=device)
     filt = torch.randn(4, T, device=device)
@@ -112,6 +116,7 @@ for T in lengths:
     q = torch.randn(1, 1, T, 64, device=device)
     timings["causal attention"].append(
         benchmark(F.scaled_dot_product_attention, q, q, q, is_causal=True, repeat=3) if T <= 4096 else math.nan)
+torch.set_num_threads(threads)
 
 
 def fitted_exponent(ts, first=1):
