@@ -200,8 +200,12 @@ print(f"cache: {cache.length} positions filled, {cache.nbytes / 2**20:.1f} MiB a
 # %%
 positions = [16, 32, 64, 128, 256, 512]
 batch = 16 if big else 1
+threads = torch.get_num_threads()
+if device.type == "cpu":
+    torch.set_num_threads(1)  # one thread: a busy machine then slows both measurements alike
 with_cache = kc.per_token_latency(gpt, positions, use_cache=True, batch_size=batch, repeat=3)
 without_cache = kc.per_token_latency(gpt, positions, use_cache=False, batch_size=batch, repeat=3)
+torch.set_num_threads(threads)
 for p, a, b in zip(positions, with_cache.seconds, without_cache.seconds):
     print(f"token {p:>3}: with cache {a * 1e3:.2f} ms, without {b * 1e3:.2f} ms")
 
