@@ -45,3 +45,43 @@ def pytest_xdist_node_collection_finished(node, ids):
     if node.config.getvalue("dist") == "loadgroup" and ids and not any("@" in i for i in ids):
         pytest.exit(f"pytest {pytest.__version__} ignores pytest-xdist's --dist loadgroup groups (node id "
                     f"{ids[0]!r} has no '@group'); install the pinned versions with: make install", returncode=4)
+
+
+def lab_spec(lab: str):
+    """The wrong-submission module ``tests/labs/<lab>.py`` (MISTAKES, SUBMISSIONS, WRONG), loaded by path."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"labspec_{lab}", REPO / "tests" / "labs" / f"{lab}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_lab_in_process(lab_py: Path, answers: dict[str, str], run_tests: bool = False) -> tuple[dict, set[str]]:
+    """Run a lab in-process as nbgrader would, cell by cell: setup and helper cells, the given answer
+    cells and, with ``run_tests``, the test cells (hidden tests included). Returns the namespace and the
+    grade_ids of the test cells that failed. Ungraded demonstration cells are skipped. The warning filters
+    that the setup cell's ``quiet()`` sets hold during the run (as in a kernel) and are undone after it."""
+    import warnings
+
+    from llmcourse import nbtools
+
+    space: dict = {"__name__": lab_py.stem}
+    failed: set[str] = set()
+    with warnings.catch_warnings():
+        for cell in nbtools.read_py(lab_py).cells:
+            meta = cell.metadata.get("nbgrader", {})
+            gid = meta.get("grade_id")
+            if gid in ("setup", "test_helpers"):
+                exec(cell.source, space)
+            elif meta.get("solution") and gid in answers:
+                try:
+                    exec(answers[gid], space)
+                except Exception:  # noqa: BLE001 - a broken answer fails its tests, like in a kernel
+                    pass
+            elif meta.get("grade") and run_tests:
+                try:
+                    exec(cell.source, space)
+                except Exception:  # noqa: BLE001
+                    failed.add(gid)
+    return space, failed

@@ -10,7 +10,6 @@ of the lab (solution, release, wrong submissions) is in ``tests/test_grading.py`
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import warnings
 
@@ -21,41 +20,17 @@ from torch import nn
 
 from llmcourse import attention, grading, nbtools, params, positional, transformer
 
-from conftest import REPO
+from conftest import REPO, lab_spec, run_lab_in_process
 
 LAB_PY = REPO / "solutions" / "lab1_transformers" / "lab1_transformers.py"
 
 
 def _mistakes() -> dict:
-    spec = importlib.util.spec_from_file_location("labspec_lab1", REPO / "tests" / "labs" / "lab1_transformers.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.MISTAKES
+    return lab_spec("lab1_transformers").MISTAKES
 
 
 def _lab_namespace(answers: dict[str, str], run_tests: bool = False) -> tuple[dict, set[str]]:
-    """Run the lab in-process as nbgrader would, cell by cell: setup and helper cells, the given answer
-    cells and, with ``run_tests``, the test cells (hidden tests included). Returns the namespace and the
-    grade_ids of the test cells that failed. Ungraded demonstration cells are skipped."""
-    space: dict = {"__name__": "lab1"}
-    failed: set[str] = set()
-    for cell in nbtools.read_py(LAB_PY).cells:
-        meta = cell.metadata.get("nbgrader", {})
-        gid = meta.get("grade_id")
-        if gid in ("setup", "test_helpers"):
-            with warnings.catch_warnings():  # the setup cell's quiet() must not change this process's filters
-                exec(cell.source, space)
-        elif meta.get("solution") and gid in answers:
-            try:
-                exec(answers[gid], space)
-            except Exception:  # noqa: BLE001 - a broken answer fails its tests, like in a kernel
-                pass
-        elif meta.get("grade") and run_tests:
-            try:
-                exec(cell.source, space)
-            except Exception:  # noqa: BLE001
-                failed.add(gid)
-    return space, failed
+    return run_lab_in_process(LAB_PY, answers, run_tests)
 
 
 @pytest.fixture(scope="module")

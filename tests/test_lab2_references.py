@@ -12,7 +12,6 @@ release, wrong submissions, in kernels) is in ``tests/test_grading.py``.
 
 from __future__ import annotations
 
-import importlib.util
 import warnings
 
 import pytest
@@ -22,7 +21,7 @@ from torch import nn
 from llmcourse import grading, lora, nbtools
 from llmcourse import prompt_tuning as pt
 
-from conftest import REPO
+from conftest import REPO, lab_spec, run_lab_in_process
 
 LAB_PY = REPO / "solutions" / "lab2_fine_tuning" / "lab2_fine_tuning.py"
 # peft calls a deprecated transformers method; the lab's quiet() hides it in the notebook, not here.
@@ -30,36 +29,11 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:Fu
 
 
 def _mistakes() -> dict:
-    spec = importlib.util.spec_from_file_location("labspec_lab2", REPO / "tests" / "labs" / "lab2_fine_tuning.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.MISTAKES
+    return lab_spec("lab2_fine_tuning").MISTAKES
 
 
 def _lab_namespace(answers: dict[str, str], run_tests: bool = False) -> tuple[dict, set[str]]:
-    """Run the lab in-process as nbgrader would, cell by cell: setup and helper cells, the given answer
-    cells and, with ``run_tests``, the test cells (hidden tests included). Returns the namespace and the
-    grade_ids of the test cells that failed. Ungraded demonstration cells are skipped. The warning filters
-    that the setup cell's ``quiet()`` sets hold during the run (as in a kernel) and are undone after it."""
-    space: dict = {"__name__": "lab2"}
-    failed: set[str] = set()
-    with warnings.catch_warnings():
-        for cell in nbtools.read_py(LAB_PY).cells:
-            meta = cell.metadata.get("nbgrader", {})
-            gid = meta.get("grade_id")
-            if gid in ("setup", "test_helpers"):
-                exec(cell.source, space)
-            elif meta.get("solution") and gid in answers:
-                try:
-                    exec(answers[gid], space)
-                except Exception:  # noqa: BLE001 - a broken answer fails its tests, like in a kernel
-                    pass
-            elif meta.get("grade") and run_tests:
-                try:
-                    exec(cell.source, space)
-                except Exception:  # noqa: BLE001
-                    failed.add(gid)
-    return space, failed
+    return run_lab_in_process(LAB_PY, answers, run_tests)
 
 
 @pytest.fixture(scope="module")

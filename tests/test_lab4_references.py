@@ -5,7 +5,6 @@ independent formulas in ``test_clip.py``, ``test_flamingo.py``, ``test_retention
 the end-to-end grading with nbgrader is in ``tests/test_grading.py``."""
 from __future__ import annotations
 
-import importlib.util
 import warnings
 
 import pytest
@@ -13,7 +12,7 @@ import torch
 
 from llmcourse import grading, nbtools
 
-from conftest import REPO
+from conftest import REPO, lab_spec
 
 LAB_PY = REPO / "solutions" / "lab4_multimodal" / "lab4_multimodal.py"
 TEST_CELLS = {"patch_test", "clip_test", "class_embeddings_test", "zero_shot_test", "resampler_test",
@@ -21,10 +20,7 @@ TEST_CELLS = {"patch_test", "clip_test", "class_embeddings_test", "zero_shot_tes
 
 
 def _mistakes() -> dict:
-    spec = importlib.util.spec_from_file_location("labspec_lab4", REPO / "tests" / "labs" / "lab4_multimodal.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.MISTAKES
+    return lab_spec("lab4_multimodal").MISTAKES
 
 
 def _run_lab(answers: dict[str, str]) -> set[str]:
