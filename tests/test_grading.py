@@ -18,14 +18,13 @@ fixture lab in tests/test_grading_scenarios.py.
 from __future__ import annotations
 
 import ast
-import importlib.util
 import shutil
 
 import pytest
 
 from llmcourse import grading, nbtools
 
-from conftest import REPO
+from conftest import REPO, lab_spec
 
 LABS = nbtools.lab_ids(REPO)
 
@@ -66,10 +65,7 @@ _np.testing.assert_allclose = _np.testing.assert_array_equal = _none
 def wrong_submissions(lab: str) -> dict:
     path = REPO / "tests" / "labs" / f"{lab}.py"
     assert path.exists(), f"{path} must describe at least three wrong submissions for {lab}"
-    spec = importlib.util.spec_from_file_location(f"labspec_{lab}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.WRONG
+    return lab_spec(lab).WRONG
 
 
 def _top_level(source: str) -> tuple[list[str], list[str]]:
