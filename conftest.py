@@ -8,13 +8,15 @@ from pathlib import Path
 import matplotlib
 import pytest
 
+from llmcourse.nbtools import REPRODUCIBLE_ENV
+
 # No test may wait on the network (the suite passes under `unshare -n`).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# nbval's kernels inherit this environment: hash strings as `make notebooks` does (llmcourse.nbtools
-# .kernel_env), or a demo whose results depend on set order reproduces its stored outputs only by chance.
-os.environ["PYTHONHASHSEED"] = "0"
+# nbval's kernels inherit this environment: hash strings and use as many torch threads as
+# `make notebooks` does (llmcourse.nbtools.kernel_env), or stored outputs reproduce only by chance.
+os.environ.update(REPRODUCIBLE_ENV)
 
 # Figures drawn by package tests go nowhere. Not through MPLBACKEND: nbval kernels would inherit it
 # and `plt.show()` in a demo would then store no output at all.

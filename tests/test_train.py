@@ -10,6 +10,7 @@ import torch
 
 from llmcourse.data import load_corpus, make_sort_task
 from llmcourse.train import (
+    TINY_GPT_THREADS,
     TrainConfig,
     configure_optimizer,
     cosine_lr,
@@ -116,6 +117,7 @@ def test_tiny_gpt_is_cached_and_writes_english_ish_text():
     assert 500_000 <= model.num_parameters() <= 1_500_000
     summary = model.training_summary
     assert summary["val_loss"] < 2.0, summary  # reference run: 1.80
+    assert summary["threads"] == TINY_GPT_THREADS, summary  # trained on a fixed thread count, whatever the caller's
 
     corpus = load_corpus()
     vocabulary = set(re.findall(r"[a-z]+", corpus.lower()))

@@ -164,6 +164,33 @@ def _hold_lock(path, queue):
         time.sleep(1.0)
 
 
+def test_num_threads_sets_and_restores():
+    before = torch.get_num_threads()
+    target = 1 if before != 1 else 2
+    with utils.num_threads(target):
+        assert torch.get_num_threads() == target
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), utils.num_threads(target):
+        raise RuntimeError("restored even on error")
+    assert torch.get_num_threads() == before
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="positive integer"), utils.num_threads(bad):
+            pass
+
+
+def test_thread_count_changes_float_sums():
+    """Why num_threads and REPRODUCIBLE_ENV exist: one and several threads add partial sums in another
+    order, so a large reduction differs in its last bits (skipped on a one-core machine)."""
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one core")
+    x = torch.randn(4_000_000, generator=torch.Generator().manual_seed(0))
+    with utils.num_threads(1):
+        one = x.sum()
+    with utils.num_threads(2):
+        two = x.sum()
+    assert one.item() != two.item() and torch.allclose(one, two, rtol=1e-5)
+
+
 def test_file_lock_excludes_other_processes(tmp_path):
     lock = tmp_path / "x.lock"
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
