@@ -5,10 +5,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import matplotlib
-import pytest
+# Set before anything loads torch (and with it libgomp, which reads this once). The suite runs two
+# xdist workers, and each may start a notebook kernel or a grading worker with two torch threads: on
+# two cores, OpenMP threads that spin while they wait then starve each other (a training loop ran 8x
+# slower, two at once, than alone). Passive waiting changes no result, only the scheduling.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from llmcourse.nbtools import REPRODUCIBLE_ENV
+import matplotlib  # noqa: E402
+import pytest  # noqa: E402
+
+from llmcourse.nbtools import REPRODUCIBLE_ENV  # noqa: E402
 
 # No test may wait on the network (the suite passes under `unshare -n`).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -492,6 +492,8 @@ class Worker:
             "MPLCONFIGDIR": "/tmp/matplotlib", "TMPDIR": "/tmp" if mode == "bwrap" else str(workdir),
             "LLMCOURSE_CACHE": str(os.environ.get("LLMCOURSE_CACHE") or Path.home() / ".cache" / "llmcourse"),
         }
+        if os.environ.get("OMP_WAIT_POLICY"):  # PASSIVE on a machine busy with more (the test suite)
+            env["OMP_WAIT_POLICY"] = os.environ["OMP_WAIT_POLICY"]
         self.proc = subprocess.Popen(  # noqa: S603 - the argv is ours
             argv, cwd=workdir, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(self.log, "ab"),
             preexec_fn=sandbox.limit_resources(sandbox.Limits(memory_bytes=int(options.memory_gib * sandbox.GIB))),
