@@ -12,7 +12,7 @@ import torch
 
 from llmcourse import grading, nbtools
 
-from conftest import REPO, lab_spec
+from conftest import REPO, lab_spec, run_lab_in_process
 
 LAB_PY = REPO / "solutions" / "lab4_multimodal" / "lab4_multimodal.py"
 TEST_CELLS = {"patch_test", "clip_test", "class_embeddings_test", "zero_shot_test", "resampler_test",
@@ -24,26 +24,8 @@ def _mistakes() -> dict:
 
 
 def _run_lab(answers: dict[str, str]) -> set[str]:
-    """Run the lab cell by cell as nbgrader would (setup, helpers, the given answers, every test cell with
-    its hidden tests); return the grade_ids of the test cells that failed. Ungraded cells are skipped."""
-    space: dict = {"__name__": "lab4"}
-    failed: set[str] = set()
-    for cell in nbtools.read_py(LAB_PY).cells:
-        meta = cell.metadata.get("nbgrader", {})
-        gid = meta.get("grade_id")
-        source = grading._MARKER.sub("", cell.source)
-        try:
-            if gid in ("setup", "test_helpers"):
-                with warnings.catch_warnings():  # quiet() must not change this process's warning filters
-                    exec(source, space)
-            elif meta.get("solution"):
-                exec(answers.get(gid, "raise NotImplementedError()"), space)
-            elif meta.get("grade"):
-                exec(source, space)
-        except Exception:  # noqa: BLE001 - a broken answer or a failed check, as in a kernel
-            if meta.get("grade"):
-                failed.add(gid)
-    return failed
+    """The grade_ids of the test cells (hidden tests included) that fail with these answers."""
+    return run_lab_in_process(LAB_PY, answers, run_tests=True)[1]
 
 
 SOLUTION = grading.answers_from_solution(LAB_PY)

@@ -329,9 +329,10 @@ def tiny_gpt(train_if_missing: bool = True, progress: bool = False) -> tuple[GPT
         with num_threads(TINY_GPT_THREADS):  # the same checkpoint on every machine with this CPU type
             history = train_lm(model, train_tokens, val_tokens, TINY_GPT_TRAIN, config.block_size,
                                device="cpu", progress=progress)
+            threads = torch.get_num_threads()  # what training used, not what the caller has
         summary = {"val_loss": round(history.final_val_loss, 4), "train_loss": round(history.train_loss[-1], 4),
                    "seconds": round(history.seconds[-1], 1), "parameters": model.num_parameters(),
-                   "steps": TINY_GPT_TRAIN.steps, "threads": torch.get_num_threads()}
+                   "steps": TINY_GPT_TRAIN.steps, "threads": threads}
         meta = {"model": asdict(config), "tokenizer": tokenizer.state_dict(), "summary": summary,
                 "train": asdict(TINY_GPT_TRAIN)}
         with atomic_write_dir(folder) as tmp:
