@@ -4,11 +4,12 @@
 #   make install     install (or update) .venv; quick when nothing changed
 #   make lab         start JupyterLab on localhost with the nbgrader and ipywidgets extensions
 #   make test        the whole test suite (package, notebooks, labs, grading pipeline, environment)
+#   make lint        ruff check . (settings in pyproject.toml); make test runs it first
 #   make notebooks   re-execute every demo notebook and store its outputs (after editing a .py)
 #   make labs        regenerate the student labs in labs/ from solutions/ with nbgrader
 #   make grade SUBMISSIONS=<folder or zip>   grade a class into grades/ (docs/INSTRUCTORS.md)
 #   make bench       print time budgets (demos, lab solutions, benchmarks)
-#   make models      build the model caches once (SmolLM2 conversion, tiny GPT training)
+#   make models      build the model cache once (SmolLM2 converted from its GGUF)
 #   make gpu-check   on a CUDA machine: tests on the GPU, Triton vs SDPA table, demos as scripts
 #   make lock        re-resolve constraints.txt (maintainers; needs uv)
 
@@ -30,10 +31,10 @@ export TRANSFORMERS_NO_ADVISORY_WARNINGS = 1
 export TOKENIZERS_PARALLELISM = false
 export PYTHONWARNINGS ?= ignore::DeprecationWarning
 
-.PHONY: install sysdeps models lab test test-fast notebooks labs grade bench lock clean help
+.PHONY: install sysdeps models lab test lint test-fast notebooks labs grade bench lock clean help
 
 help:
-	@sed -n '1,14p' Makefile
+	@sed -n '1,15p' Makefile
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -72,12 +73,18 @@ lab: install
 	    $(if $(filter 0,$(shell id -u)),--allow-root)
 
 test: install sysdeps models
+	$(PY) -m ruff check .
 	$(PY) -m pytest -n $(JOBS) $(PYTEST_ARGS)
 
-# The cached models (SmolLM2 converted from its GGUF, the tiny GPT trained once), built in one process
-# before the parallel tests: two notebooks would otherwise wait on the first, slowed down by each other.
+# pyflakes, isort, pyupgrade and a bugbear subset; `$(PY) -m ruff check --fix .` applies the safe fixes.
+lint: install
+	$(PY) -m ruff check .
+
+# The cached model (SmolLM2 converted from its GGUF), built in one process before the parallel tests: two
+# notebooks would otherwise wait on the first, slowed down by each other. The tiny GPT ships trained in the
+# package (shared/llmcourse/data/tiny_gpt; retrain with: $(PY) -m llmcourse.train --out DIR).
 models: install
-	$(PY) -c "from llmcourse.models import smollm2; from llmcourse.train import tiny_gpt; smollm2(); tiny_gpt()"
+	$(PY) -c "from llmcourse.models import smollm2; smollm2()"
 
 # The package tests alone (no notebooks, no grading): a quick loop while editing shared/.
 test-fast: install

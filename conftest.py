@@ -11,10 +11,10 @@ from pathlib import Path
 # slower, two at once, than alone). Passive waiting changes no result, only the scheduling.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import matplotlib  # noqa: E402
-import pytest  # noqa: E402
+import matplotlib
+import pytest
 
-from llmcourse.nbtools import REPRODUCIBLE_ENV  # noqa: E402
+from llmcourse.nbtools import AVX2_DEMOS, AVX2_ENV, REPRODUCIBLE_ENV
 
 # No test may wait on the network (the suite passes under `unshare -n`).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -29,6 +29,37 @@ os.environ.update(REPRODUCIBLE_ENV)
 matplotlib.use("Agg")
 
 REPO = Path(__file__).resolve().parent
+
+
+def pytest_collect_file(file_path, parent):
+    """Collect each demo of ``AVX2_DEMOS`` a second time, as ``<notebook>.ipynb::avx2``: nbval runs it in a
+    kernel started with AVX2 kernels (``AVX2_ENV``), so one `make test` proves the stored outputs on both
+    kinds of x86-64 CPU. Both copies share the notebook's xdist group and so run one after the other."""
+    if not parent.config.option.nbval or file_path.suffix != ".ipynb":
+        return None
+    try:
+        rel = file_path.resolve().relative_to(REPO).with_suffix(".py").as_posix()
+    except ValueError:
+        return None
+    if rel not in AVX2_DEMOS:
+        return None
+    from nbval.plugin import IPyNbFile
+
+    class AVX2Notebook(IPyNbFile):
+        def setup(self):  # the kernel starts here and inherits this process's environment
+            saved = {key: os.environ.get(key) for key in AVX2_ENV}
+            os.environ.update(AVX2_ENV)
+            try:
+                super().setup()
+            finally:
+                for key, value in saved.items():
+                    if value is None:
+                        os.environ.pop(key, None)
+                    else:
+                        os.environ[key] = value
+
+    nodeid = f"{file_path.resolve().relative_to(REPO).as_posix()}::avx2"
+    return AVX2Notebook.from_parent(parent, path=file_path, nodeid=nodeid)
 
 
 @pytest.fixture(scope="session")
@@ -90,6 +121,6 @@ def run_lab_in_process(lab_py: Path, answers: dict[str, str], run_tests: bool = 
             elif meta.get("grade") and run_tests:
                 try:
                     exec(cell.source, space)
-                except Exception:  # noqa: BLE001
+                except Exception:  # noqa: BLE001 - whatever a test cell raises, that test failed
                     failed.add(gid)
     return space, failed

@@ -28,22 +28,23 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
-
-ROOT = Path(__file__).resolve().parent.parent
-try:  # a GPU box may have the course's dependencies but not llmcourse installed: use the checkout
-    import llmcourse  # noqa: F401
-except ImportError:  # pragma: no cover - depends on the machine
-    sys.path.insert(0, str(ROOT / "shared"))
 
 import torch
 import torch.nn.functional as F
+
+try:  # a GPU box may have the course's dependencies but not llmcourse installed: use the checkout
+    import llmcourse  # noqa: F401 - imported only to see whether it is installed
+except ImportError:  # pragma: no cover - depends on the machine
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "shared"))
 
 from llmcourse import flash
 from llmcourse import kv_cache as kc
 from llmcourse.transformer import GPT, FeedForward, GPTConfig
 from llmcourse.utils import benchmark, seed_everything
+
+ROOT = Path(__file__).resolve().parent.parent
 
 ATTENTION_GOAL = 0.9  # Triton forward / SDPA throughput at T=4096, d=64, bf16 (issue 4)
 KV_GOAL = 1.5  # cached decode latency at token 512 / at token 32

@@ -125,7 +125,7 @@ def test_sound_classes_differ_where_designed():
     feats = audio.log_mel_spectrogram(data.waveforms, data.sample_rate)  # (N, 40, 32)
     band_energy = feats.exp().mean(dim=2)  # (N, 40)
     low_share = band_energy[:, :10].sum(1) / band_energy.sum(1)
-    by_class = lambda name: low_share[data.labels == audio.SOUND_CLASSES.index(name)].mean()  # noqa: E731
+    by_class = lambda name: low_share[data.labels == audio.SOUND_CLASSES.index(name)].mean()
     assert by_class("rumble") > 0.9 and by_class("hiss") < 0.5
 
 

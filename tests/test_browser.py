@@ -60,7 +60,7 @@ WIDGET_NOTEBOOK = {
 
 def _missing() -> str:
     try:
-        import playwright.sync_api  # noqa: F401
+        import playwright.sync_api  # noqa: F401 - imported only to see whether it is installed
     except ImportError:
         return "the Python package 'playwright' is not installed (make install adds it)"
     if not os.access(CHROMIUM, os.X_OK):

@@ -10,7 +10,6 @@ import sys
 import tomllib
 
 import pytest
-from packaging.markers import Marker
 from packaging.requirements import Requirement
 from packaging.version import Version
 

@@ -108,7 +108,7 @@ def _course_config():
 
     config = Config()
     path = REPO / "nbgrader_config.py"
-    exec(compile(path.read_text(), str(path), "exec"), {"get_config": lambda: config})  # noqa: S102
+    exec(compile(path.read_text(), str(path), "exec"), {"get_config": lambda: config})
     return config
 
 

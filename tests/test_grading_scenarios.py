@@ -24,7 +24,7 @@ from llmcourse import grading, nbtools, sandbox
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "tests" / "grading"))
-import scenarios  # noqa: E402
+import scenarios
 
 FIXTURE = REPO / "tests" / "grading" / "fixture_course"
 LAB = scenarios.LAB
@@ -161,7 +161,7 @@ def _course_config():
 
     config = Config()
     path = REPO / "nbgrader_config.py"
-    exec(compile(path.read_text(), str(path), "exec"), {"get_config": lambda: config})  # noqa: S102
+    exec(compile(path.read_text(), str(path), "exec"), {"get_config": lambda: config})
     return config
 
 

@@ -109,7 +109,7 @@ def test_collect_reads_a_zip_safely(tmp_path):
 # ----------------------------------------------------------------------------- test segments
 def test_hidden_tests_become_their_own_segments_with_line_numbers_kept():
     source = "a = 1\nassert a == 1\n### BEGIN HIDDEN TESTS\nassert a + 1 == 2\n### END HIDDEN TESTS\nb = 2\n"
-    steps = grading._test_steps(grading.SpecCell("test", source, "", "t", 1.0))  # noqa: SLF001
+    steps = grading._test_steps(grading.SpecCell("test", source, "", "t", 1.0))
     assert [s.hidden for s in steps] == [False, True, False]
     assert [s.first_line for s in steps] == [1, 4, 6]
     assert steps[1].source.splitlines()[3] == "assert a + 1 == 2"  # line 4 of the cell stays line 4
@@ -117,7 +117,7 @@ def test_hidden_tests_become_their_own_segments_with_line_numbers_kept():
 
 def test_a_hidden_block_inside_a_loop_keeps_the_cell_whole():
     source = "for i in range(2):\n    assert i < 2\n    ### BEGIN HIDDEN TESTS\n    assert i >= 0\n    ### END HIDDEN TESTS\n"
-    (step,) = grading._test_steps(grading.SpecCell("test", source, "", "t", 1.0))  # noqa: SLF001
+    (step,) = grading._test_steps(grading.SpecCell("test", source, "", "t", 1.0))
     assert step.hidden and "BEGIN HIDDEN" not in step.source
     compile(step.source, "<cell>", "exec")
 
@@ -216,11 +216,11 @@ def test_guard_restores_patches_but_accepts_library_wrappers():
     try:
         fake = functools.wraps(assert_close)(lambda *args, **kwargs: None)  # written here: not library code
         torch.testing.assert_close = fake
-        torch.manual_seed = torch._disable_dynamo(original)  # noqa: SLF001 - what torch._dynamo does
-        changed = guard._drift(restore=True)  # noqa: SLF001
+        torch.manual_seed = torch._disable_dynamo(original)  # what torch._dynamo does
+        changed = guard._drift(restore=True)
         assert changed == ["torch.testing.assert_close"], changed
         assert torch.testing.assert_close is assert_close and torch.manual_seed.__wrapped__ is original
-        assert guard._drift(restore=True) == []  # noqa: SLF001 - the wrapper is the new normal
+        assert guard._drift(restore=True) == []  # the wrapper is the new normal
     finally:
         torch.manual_seed, torch.testing.assert_close = original, assert_close
 

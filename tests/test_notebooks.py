@@ -56,6 +56,57 @@ def test_demo_executed_cleanly(py):
             assert out["output_type"] != "error", f"an error is stored: {out.get('ename')}: {out.get('evalue')}"
 
 
+def _stored_seconds(py) -> list[float]:
+    return nbtools.cell_seconds(json.loads(py.with_suffix(".ipynb").read_text()))
+
+
+@pytest.mark.parametrize("py", DEMOS, ids=_id)
+def test_demo_stored_timing_within_budget(py):
+    """The stored outputs prove the budget: each code cell carries nbclient's timing, and the cells
+    together took at most 60 s on the 2-core machine that stored them (make notebooks refuses a busy one)."""
+    seconds = _stored_seconds(py)
+    untimed = [i for i, s in enumerate(seconds) if s != s]
+    assert not untimed, f"code cells {untimed} carry no execution timing: run `make notebooks NB={_id(py)}`"
+    assert sum(seconds) <= nbtools.DEMO_BUDGET_S, (
+        f"{_id(py)}: stored cells took {sum(seconds):.1f} s, over the {nbtools.DEMO_BUDGET_S:.0f} s budget "
+        f"(slowest cell {max(seconds):.1f} s)")
+
+
+def test_demo_stored_timing_median():
+    """Most demos leave room: the median stored total is at most 45 s."""
+    import statistics
+
+    totals = [sum(_stored_seconds(py)) for py in DEMOS]
+    assert all(t == t for t in totals), "a demo carries no timing (see test_demo_stored_timing_within_budget)"
+    assert statistics.median(totals) <= 45.0, f"median stored demo time {statistics.median(totals):.1f} s > 45 s"
+
+
+def test_cpu_dependent_demos_are_rerun_with_avx2_kernels():
+    """A demo that marks CPU-dependent values with "≈" (masked by nbval) is in nbtools.AVX2_DEMOS, so
+    `make test` proves on every change that the mask is enough on an AVX2 CPU; the list names real demos."""
+    import re
+
+    demos = {_id(py) for py in DEMOS}
+    assert set(nbtools.AVX2_DEMOS) <= demos, set(nbtools.AVX2_DEMOS) - demos
+    marked = re.compile(r"≈(-?\d|'|\"|\[)")
+    for py in DEMOS:
+        text = "".join("".join(o.get("text", "")) for c in json.loads(py.with_suffix(".ipynb").read_text())["cells"]
+                       for o in c.get("outputs", []) if o.get("output_type") == "stream")
+        if marked.search(text):
+            assert _id(py) in nbtools.AVX2_DEMOS, f"{_id(py)} prints CPU-dependent values (≈) but is not in AVX2_DEMOS"
+
+
+def test_cell_seconds_reads_nbclient_timing():
+    nb = {"cells": [
+        {"cell_type": "markdown", "metadata": {}},
+        {"cell_type": "code", "metadata": {"execution": {"iopub.execute_input": "2026-12-03T10:00:00.250Z",
+                                                         "shell.execute_reply": "2026-12-03T10:00:02.000Z"}}},
+        {"cell_type": "code", "metadata": {}},
+    ]}
+    first, second = nbtools.cell_seconds(nb)
+    assert first == pytest.approx(1.75) and second != second  # nan: never timed
+
+
 @pytest.mark.parametrize("py", DEMOS, ids=_id)
 def test_demo_runs_as_plain_script(py):
     """A demo's .py must run with plain `python` (on a GPU box without Jupyter): no IPython magics
@@ -103,3 +154,24 @@ def test_readme_module_map_is_true():
         assert (REPO / "labs" / lab_name).is_dir() and (REPO / "solutions" / lab_name).is_dir(), lab_name
         for helper in re.findall(r"`([^`]+)`", helpers):
             assert (REPO / "shared" / "llmcourse" / f"{helper}.py").is_file(), helper
+
+
+def test_sync_text_copies_markdown_and_keeps_outputs(tmp_path):
+    py = tmp_path / "01_demo.py"
+    py.write_text("# %% [markdown]\n# Old text\n\n# %%\nprint(1)\n")
+    nb = nbtools.read_py(py)
+    import nbformat
+
+    nb.cells[1]["outputs"] = [nbformat.v4.new_output("stream", name="stdout", text="1\n")]
+    nb.cells[1]["execution_count"] = 1
+    nbtools.write_ipynb(nb, py.with_suffix(".ipynb"))
+    assert not nbtools.sync_text(py)  # nothing to do
+    py.write_text("# %% [markdown]\n# New text\n\n# %%\nprint(1)\n")
+    assert nbtools.sync_text(py)
+    stored = nbtools.read_ipynb(py.with_suffix(".ipynb"))
+    assert stored.cells[0].source == "New text" and stored.cells[1].outputs[0]["text"] == "1\n"
+    py.write_text("# %% [markdown]\n# New text\n\n# %%\nprint(2)\n")
+    before = py.with_suffix(".ipynb").read_text()
+    with pytest.raises(ValueError, match="code cells differ"):
+        nbtools.sync_text(py)
+    assert py.with_suffix(".ipynb").read_text() == before

@@ -21,7 +21,7 @@ TOL = {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.float64: dict(rtol=1e-10
 
 def _qkv(B=2, H=3, T=9, Dk=4, Dv=5, dtype=torch.float64, device="cpu", seed=0):
     g = torch.Generator().manual_seed(seed)
-    make = lambda *shape: torch.randn(*shape, generator=g, dtype=dtype).to(device)  # noqa: E731
+    make = lambda *shape: torch.randn(*shape, generator=g, dtype=dtype).to(device)
     return make(B, H, T, Dk), make(B, H, T, Dk), make(B, H, T, Dv)
 
 

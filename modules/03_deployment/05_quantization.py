@@ -38,7 +38,7 @@ import torch
 from llmcourse import quant as Q
 from llmcourse.data import load_corpus
 from llmcourse.models import smollm2
-from llmcourse.utils import benchmark, get_device, quiet, seed_everything
+from llmcourse.utils import benchmark, claim, get_device, num_threads, quiet, seed_everything
 
 quiet()
 seed_everything(0)
@@ -73,6 +73,17 @@ for dtype in (torch.float32, torch.float16, torch.bfloat16):
           f"{f.decimal_digits:>7.2f}")
     assert (f.max, f.min_normal, f.eps) == (info.max, info.tiny, info.eps)
 
+
+def sci(v: float, decimals: int) -> str:
+    """Scientific notation without the plus sign and leading zeros: 3.403e38 (Python writes 3.403e+38)."""
+    mantissa, exponent = f"{v:.{decimals}e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+fp32, fp16, bf16 = (Q.float_format(d) for d in (torch.float32, torch.float16, torch.bfloat16))
+claim("m3-float-formats", f"fp32 max {sci(fp32.max, 3)}, eps {sci(fp32.eps, 3)}; fp16 max {fp16.max:.0f}, "
+      f"eps {sci(fp16.eps, 3)}; bf16 max {sci(bf16.max, 3)}, eps {sci(bf16.eps, 3)}")
+
 # %% [markdown]
 # fp16 has 10 mantissa bits (about 3.3 decimal digits) but only 5 exponent bits: nothing above 65504.
 # bf16 keeps fp32's 8 exponent bits (up to 3.4e38) and only 7 mantissa bits (about 2.4 digits). In
@@ -88,6 +99,10 @@ print(f"1 + 1/256 in fp16: {one_plus.half().item()}, in bf16: {one_plus.bfloat16
 assert torch.isinf(x.half() * x.half()).tolist() == [True, True, True]
 assert not torch.isinf(x.bfloat16() * x.bfloat16())[:2].any()
 assert one_plus.half().item() != 1.0 and one_plus.bfloat16().item() == 1.0  # bf16 is coarser
+claim("m3-fp16-overflow", f"{x[0].item():.0f}² and exp(12) are inf in fp16, "
+      f"{(x.bfloat16() * x.bfloat16())[0].item():.0f} and "
+      f"{torch.exp(torch.tensor(12.0).bfloat16()).item():.0f} in bf16; "
+      f"1 + 1/256 rounds to {one_plus.bfloat16().item():.0f} in bf16")
 
 # %% [markdown]
 # ## Absmax quantization (symmetric int8)
@@ -133,6 +148,7 @@ err_zp = Q.quantization_error(y, y_hat)
 err_absmax = Q.quantization_error(y, Q.absmax_dequantize(Q.absmax_quantize(y)))
 print(f"relative error on skewed data: absmax {err_absmax:.5f}, zero-point {err_zp:.5f}")
 assert err_zp < 0.7 * err_absmax
+claim("m3-zero-point", f"relative error {err_zp:.4f} vs {err_absmax:.4f}")
 
 # %% [markdown]
 # ## One outlier ruins a shared scale: per-channel and block-wise scales
@@ -156,6 +172,8 @@ for name, err in errors.items():
     print(f"{name:<22} relative error {err:.4f}")
 assert errors["4-bit per channel"] < errors["4-bit per tensor"] / 3
 assert errors["4-bit blocks of 64"] < errors["4-bit per channel"]
+claim("m3-outlier-scales", f"4-bit error: per tensor {errors['4-bit per tensor']:.3f}, "
+      f"per channel {errors['4-bit per channel']:.3f}, blocks of 64 {errors['4-bit blocks of 64']:.3f}")
 
 fig, ax = plt.subplots(figsize=(7, 3))
 ax.barh(list(errors), list(errors.values()), color=["C0", "C1", "C2"] * 2)
@@ -184,6 +202,7 @@ levels = levels / levels.max()
 print("NF4 levels:", [round(v, 4) for v in levels.tolist()])
 torch.testing.assert_close(levels, Q.NF4_LEVELS, atol=1e-5, rtol=0)  # the published table
 torch.testing.assert_close(Q.nf4_levels(), Q.NF4_LEVELS, atol=1e-6, rtol=0)
+claim("m3-nf4-table", "equal to the QLoRA table within 1e-5")
 
 # %% [markdown]
 # On normally distributed weights, NF4 beats evenly spaced 4-bit integers with the same block size, and
@@ -207,6 +226,8 @@ def entropy_bits(codes):
 print(f"relative error: int4 blocks {err_int4:.4f}, NF4 {err_nf4:.4f}")
 print(f"code entropy (max 4 bits): int4 {entropy_bits(codes_int4):.2f}, NF4 {entropy_bits(codes_nf4):.2f}")
 assert err_nf4 < 0.92 * err_int4 and entropy_bits(codes_nf4) > entropy_bits(codes_int4)
+claim("m3-nf4-vs-int4", f"error {err_nf4:.3f} vs {err_int4:.3f}; "
+      f"code entropy {entropy_bits(codes_nf4):.2f} vs {entropy_bits(codes_int4):.2f} bits")
 
 fig, axes = plt.subplots(1, 2, figsize=(10, 3), sharey=True)
 for ax, codes, name in [(axes[0], codes_int4, "int4 (evenly spaced)"), (axes[1], codes_nf4, "NF4 (normal quantiles)")]:
@@ -228,6 +249,8 @@ dq = Q.nf4_quantize(w, double_quant=True)
 err_dq = Q.quantization_error(w, Q.nf4_dequantize(dq))
 print(f"NF4 error {err_nf4:.4f}, with double quantization {err_dq:.4f}")
 assert err_dq < 1.01 * err_nf4
+claim("m3-double-quant", f"{Q.bits_per_weight('nf4'):.1f} → {Q.bits_per_weight('nf4_dq'):.3f} bits per weight, "
+      f"error {err_nf4:.4f} without, {err_dq:.4f} with")
 
 # %% [markdown]
 # ## Quantizing SmolLM2
@@ -242,14 +265,15 @@ assert err_dq < 1.01 * err_nf4
 # already sit on a 4-bit grid; a model released in bf16 loses somewhat more at 4 bits.
 
 # %%
-model, tokenizer = smollm2(device="cpu")
+model, tokenizer = smollm2(device=device)
 text = load_corpus()[-6000:]
 ids = tokenizer(text, return_tensors="pt").input_ids[:, :256]
 
 
 @torch.no_grad()
 def perplexity(m):
-    return torch.exp(m(input_ids=ids, labels=ids).loss).item()
+    x = ids.to(m.device)  # the model's device (the torch.ao models below live on the CPU)
+    return torch.exp(m(input_ids=x, labels=x).loss).item()
 
 
 def linear_bytes(m):
@@ -266,7 +290,9 @@ for scheme in ("bf16", "int8_tensor", "int8", "zeropoint8", "int4_tensor", "int4
 print(f"{'scheme':<12} {'perplexity':>10} {'linear layers':>14} {'bits/weight':>12}")
 n_weights = base_bytes / 4
 for scheme, (ppl, nbytes) in table.items():
-    print(f"{scheme:<12} {ppl:>10.3f} {nbytes / 1e6:>11.1f} MB {8 * nbytes / n_weights:>12.2f}")
+    # 2 decimals (3 significant digits for the broken model): the next digit differs between CPUs' kernels
+    ppl_text = sci(ppl, 2) if ppl > 1e4 else f"{ppl:.2f}"
+    print(f"{scheme:<12} {ppl_text:>10} {nbytes / 1e6:>11.1f} MB {8 * nbytes / n_weights:>12.2f}")
 
 # %% [markdown]
 # What the table says (asserted below): bf16 is lossless at half the memory; int8 with one scale per
@@ -275,7 +301,7 @@ for scheme, (ppl, nbytes) in table.items():
 # the memory. 4 bits with a single scale per matrix destroys the model. With a scale per block of 64,
 # 4 bits keep the model working at a visible cost, and here NF4 clearly beats evenly spaced 4-bit codes
 # with the same blocks, as the QLoRA paper found; with double quantization it stores the layers in
-# about 4.1 bits per weight, 7.7 times less than fp32. Small models suffer most from 4 bits: the loss
+# about 4.1 bits per weight, 7.8 times less than fp32. Small models suffer most from 4 bits: the loss
 # shrinks as models grow (Dettmers & Zettlemoyer 2023), which is why 4-bit 7B-70B models are popular.
 
 # %%
@@ -288,6 +314,14 @@ assert ppl["nf4"] < ppl["int4_block"] < 2 * ppl["fp32"] and ppl["nf4"] < 1.5 * p
 assert abs(ppl["nf4_dq"] / ppl["nf4"] - 1) < 0.02  # double quantization costs (almost) nothing
 assert ppl["int8"] <= ppl["int8_tensor"]
 assert mem["int8"] < 0.26 * mem["fp32"] and mem["nf4_dq"] < 0.135 * mem["fp32"]
+scheme_names = {"fp32": "fp32", "bf16": "bf16", "int8_tensor": "int8 per tensor", "int8": "int8 per channel",
+                "zeropoint8": "zero-point int8 per channel", "int4_tensor": "int4 per tensor",
+                "int4_block": "int4 blocks", "nf4": "NF4", "nf4_dq": "NF4 + double quantization"}
+claim("m3-smollm2-perplexity", f"perplexity on {ids.shape[1]} held-out tokens: "
+      + "; ".join(f"{scheme_names[k]} {sci(v, 1) if v > 1e4 else f'{v:.2f}'}" for k, v in ppl.items()))
+claim("m3-smollm2-linear-memory", f"{mem['fp32'] / 1e6:.1f} MB fp32 → {mem['int8'] / 1e6:.1f} MB int8 → "
+      f"{mem['nf4_dq'] / 1e6:.1f} MB NF4 + double quantization ({8 * mem['nf4_dq'] / n_weights:.2f} bits per weight, "
+      f"{mem['fp32'] / mem['nf4_dq']:.1f}x)")
 
 fig, ax = plt.subplots(figsize=(6, 4))
 for scheme in table:
@@ -310,6 +344,7 @@ plt.show()
 # `torch.ao.quantization` as deprecated; it still works, so we silence that notice.)
 
 # %%
+model = model.cpu()  # torch.ao's int8 kernels (FBGEMM, QNNPACK) run on the CPU only: time both models there
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     import torch.ao.quantization as ao_quant
@@ -322,27 +357,31 @@ with warnings.catch_warnings():
              if isinstance(layer, torch.nn.Linear) and not name.endswith("down_proj")}
     careful.model.layers = ao_quant.quantize_dynamic(careful.model.layers, {n: ao_quant.default_dynamic_qconfig for n in names},
                                                      dtype=torch.qint8)
-threads = torch.get_num_threads()
-torch.set_num_threads(1)
-x = ids[:, :128]
-with torch.no_grad():
-    t_fp32 = benchmark(lambda: model(input_ids=x), warmup=1, repeat=3)
-    t_int8 = benchmark(lambda: dynamic(input_ids=x), warmup=1, repeat=3)
-torch.set_num_threads(threads)
+with num_threads(1):
+    x = ids[:, :128]
+    with torch.no_grad():
+        t_fp32 = benchmark(lambda: model(input_ids=x), warmup=1, repeat=3)
+        t_int8 = benchmark(lambda: dynamic(input_ids=x), warmup=1, repeat=3)
 ppl_dynamic, ppl_careful = perplexity(dynamic), perplexity(careful)
 print(f"forward on 128 tokens, one thread: fp32 {t_fp32 * 1e3:.0f} ms, dynamic int8 {t_int8 * 1e3:.0f} ms")
 print("dynamic int8 faster than fp32:", t_int8 < t_fp32)
-print(f"perplexity: fp32 {base_ppl:.3f}, dynamic int8 {ppl_dynamic:.3f}, dynamic int8 without down_proj {ppl_careful:.3f}")
+# The int8 kernels differ between CPUs (AVX-512 vs AVX2) and so does the rounding of the activations: the
+# dynamic-int8 perplexities move by several percent from one CPU to another ("≈" marks such values).
+print(f"perplexity: fp32 {base_ppl:.2f}, dynamic int8 ≈{ppl_dynamic:.1f}, dynamic int8 without down_proj "
+      f"≈{ppl_careful:.1f}")
 assert t_int8 < t_fp32
 assert ppl_dynamic > 2 * base_ppl and ppl_careful < 1.5 * base_ppl
+claim("m3-dynamic-int8", f"{t_fp32 / t_int8:.1f}× faster than fp32 on one thread; perplexity ≈{ppl_dynamic:.1f}, "
+      f"or ≈{ppl_careful:.1f} with down_proj kept in fp32")
 
 # %% [markdown]
-# Faster, but the perplexity tripled: unlike our weight-only schemes, dynamic quantization also rounds
-# the **activations**, with one scale per matrix. LLM activations have a few huge outlier features
-# (Dettmers et al. 2022, LLM.int8()), largest at the input of the MLP's output projection (the product of
-# the SwiGLU gate and up projections); one scale stretched over them flattens everything else. Keeping
-# just those 30 layers in fp32 recovers most of the quality. LLM.int8() keeps the outlier *columns* in
-# fp16 and everything else in int8; SmoothQuant moves the outliers from the activations into the weights.
+# Faster, but the perplexity about tripled (the exact value depends on the CPU's int8 kernels): unlike our
+# weight-only schemes, dynamic quantization also rounds the **activations**, with one scale per matrix. LLM
+# activations have a few huge outlier features (Dettmers et al. 2022, LLM.int8()), largest at the input of the
+# MLP's output projection (the product of the SwiGLU gate and up projections); one scale stretched over them
+# flattens everything else. Keeping just those 30 layers in fp32 recovers most of the quality. LLM.int8() keeps
+# the outlier *columns* in fp16 and everything else in int8; SmoothQuant moves the outliers from the
+# activations into the weights.
 
 # %% [markdown]
 # ## bitsandbytes 4-bit (on GPUs)

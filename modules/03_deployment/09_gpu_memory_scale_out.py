@@ -37,7 +37,7 @@ import torch
 from llmcourse import distributed as D
 from llmcourse import memory as M
 from llmcourse.models import smollm2
-from llmcourse.utils import get_device, quiet, seed_everything
+from llmcourse.utils import claim, get_device, quiet, seed_everything
 
 quiet()
 seed_everything(0)
@@ -68,12 +68,16 @@ kv_70b_mha = M.kv_cache_bytes(80, 64, 128, 4096, 1, "fp16")
 print(f"Llama-2-70B KV cache, one 4096-token sequence: {M.format_bytes(kv_70b)} (GQA), {M.format_bytes(kv_70b_mha)} (MHA)")
 print(f"a batch of 32 such sequences: {M.format_bytes(32 * kv_70b)}, next to {M.format_bytes(M.serving_memory(68.98e9, 'fp16'))} of weights")
 assert round(kv_70b / 1e9, 2) == 1.34 and kv_70b_mha == 8 * kv_70b
+claim("m3-llama-kv-cache-calculator", f"Llama-2-70B: {M.format_bytes(kv_70b)} per 4096-token sequence with GQA, "
+      f"{M.format_bytes(kv_70b_mha)} with MHA")
 
 # %% [markdown]
 # Check the weight term on a real model: SmolLM2-135M loaded in fp32 and in bf16. The tied embedding
 # (the input embedding doubles as the output head) is stored once, and so is counted once.
 
 # %%
+# On the CPU: these cells only count bytes (of the model and of one training step); the CUDA check
+# further down moves the model to the GPU.
 model, tokenizer = smollm2(device="cpu")
 n_params = sum(p.numel() for p in model.parameters())
 measured_fp32 = M.tensor_bytes(model.parameters())
@@ -83,6 +87,7 @@ print(f"parameters: {n_params / 1e6:.1f}M")
 print(f"fp32: calculator {M.format_bytes(M.serving_memory(n_params, 'fp32'))}, measured {M.format_bytes(measured_fp32)}")
 print(f"bf16: calculator {M.format_bytes(M.serving_memory(n_params, 'bf16'))}, measured {M.format_bytes(measured_bf16)}")
 assert measured_fp32 == M.serving_memory(n_params, "fp32") and measured_bf16 == M.serving_memory(n_params, "bf16")
+claim("m3-serving-bytes", f"exact ({M.format_bytes(measured_fp32)} fp32, {M.format_bytes(measured_bf16)} bf16)")
 del bf16_params
 
 # %% [markdown]
@@ -138,13 +143,18 @@ for batch, length in [(1, 64), (2, 128)]:
         assert getattr(measured, part) == getattr(predicted, part)
     assert abs(measured.activations / predicted.activations - 1) < 0.02
 assert rows[1][2].activations > 3.9 * rows[0][2].activations  # 4x the tokens, ~4x the activations
+activation_ratios = [measured.activations / predicted.activations for _, _, measured, predicted in rows]
+claim("m3-training-calculator", "weights, gradients, AdamW states exact; activations within "
+      f"{100 * max(abs(r - 1) for r in activation_ratios):.1f}% (ratios "
+      + " and ".join(f"{r:.3f}" for r in activation_ratios) + ")")
 
 # %% [markdown]
-# Every term agrees: the weights, gradients and optimizer state exactly, the activations within 2%
-# (the calculator leaves out small per-row statistics such as the norms' reciprocal RMS). With the
-# calculator trusted, we can look where a measurement would be expensive: the full 30-layer SmolLM2 at
-# longer contexts, with attention kernels that keep only a log-sum-exp per row (SDPA, FlashAttention)
-# and with "eager" attention that keeps the T×T softmax weights of every head.
+# Every term agrees: the weights, gradients and optimizer state exactly, the activations within 0.2%
+# (ratios 1.002 and 1.001; the assertion allows 2%): the calculator leaves out small per-row statistics
+# such as the norms' reciprocal RMS. With the calculator trusted, we can look where a measurement would
+# be expensive: the full 30-layer SmolLM2 at longer contexts, with attention kernels that keep only a
+# log-sum-exp per row (SDPA, FlashAttention) and with "eager" attention that keeps the T×T softmax
+# weights of every head.
 
 # %%
 lengths = [256, 512, 1024, 2048, 4096, 8192]
@@ -217,6 +227,7 @@ gap_ddp = max(abs(a - b) for a, b in zip(train["ddp"]["losses"], reference))
 gap_fsdp = max(abs(a - b) for a, b in zip(train["fsdp"]["losses"], train["ddp"]["losses"]))
 print(f"largest gap below 2e-5 (float rounding): DDP vs single process {gap_ddp < 2e-5}, FSDP vs DDP {gap_fsdp < 2e-5}")
 assert gap_ddp < 2e-5 and gap_fsdp < 2e-5 and train["ddp"]["replicas_identical"]
+claim("m3-ddp-fsdp-equal", f"loss gaps below 2e-5 with {train['world_size']} processes")
 
 # %% [markdown]
 # The three curves are the same up to floating-point rounding (the gradients are summed in a different
@@ -233,6 +244,7 @@ print(f"FSDP keeps {ratio:.3f} of the parameters per rank")
 assert abs(ratio - 0.5) < 0.01
 assert all(abs(f[k] / d[k] - 0.5) < 0.01 for f, d in zip(train["fsdp"]["memory"], train["ddp"]["memory"])
            for k in ("params", "grads", "optimizer"))
+claim("m3-fsdp-shards", f"{ratio:.3f} of them per rank with {len(train['fsdp']['memory'])} ranks")
 
 # %% [markdown]
 # With N ranks FSDP divides the 16 bytes per parameter by N: Llama-2-7B's 108 GB become 13.5 GB per GPU
@@ -261,6 +273,8 @@ print("resumed:      ", " ".join(f"{v:.4f}" for v in resumed[k - 2:k + 3]))
 print(f"loss at step {k} without loading the checkpoint: {resume['loss_without_checkpoint']:.4f}")
 print("identical, bit for bit:", resumed == uninterrupted)
 assert resumed == uninterrupted and resume["loss_without_checkpoint"] > uninterrupted[k] + 0.5
+claim("m3-checkpoint-resume", f"bit for bit; without the checkpoint the loss is {resume['loss_without_checkpoint']:.2f} "
+      f"instead of {uninterrupted[k]:.2f} (step {k})")
 
 fig, ax = plt.subplots(figsize=(6, 3.5))
 ax.plot(range(len(uninterrupted)), uninterrupted, "o-", label="uninterrupted")
@@ -278,7 +292,7 @@ plt.show()
 #   4 bits. SmolLM2's measured bytes match the formula exactly.
 # - Training memory ≈ 16 bytes per trainable parameter (weights, gradients, AdamW) + activations. On
 #   SmolLM2 the calculator matched the measured parameters, gradients and optimizer state exactly and
-#   the activations within 2%; activations grow with batch × length (× length again with eager attention).
+#   the activations within 0.2%; activations grow with batch × length (× length again with eager attention).
 # - DDP replicates the model and all-reduces gradients: same losses as one process on the global batch.
 #   FSDP shards parameters, gradients and optimizer states: same losses, half the memory per rank on 2.
 # - Saving weights, optimizer, step, data position and RNG states makes resuming exact.

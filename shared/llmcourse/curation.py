@@ -25,7 +25,8 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import Counter, defaultdict
-from typing import Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 
@@ -117,8 +118,8 @@ def make_web_crawl(images: torch.Tensor, labels: torch.Tensor, test_images: torc
     if (test_images is None) != (test_labels is None):
         raise ValueError("pass both test_images and test_labels, or neither")
     g = torch.Generator().manual_seed(seed)
-    rand = lambda: torch.rand((), generator=g).item()  # noqa: E731
-    pick = lambda k: int(torch.randint(0, k, (), generator=g))  # noqa: E731
+    rand = lambda: torch.rand((), generator=g).item()
+    pick = lambda k: int(torch.randint(0, k, (), generator=g))
     records: list[dict] = []
     fresh = torch.randperm(len(labels), generator=g).tolist()
 

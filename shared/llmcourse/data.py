@@ -20,9 +20,10 @@ import gzip
 import re
 import sysconfig
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import torch
 
@@ -193,7 +194,7 @@ class CharTokenizer:
         self.stoi = {c: i for i, c in enumerate(chars)}
 
     @classmethod
-    def fit(cls, text: str) -> "CharTokenizer":
+    def fit(cls, text: str) -> CharTokenizer:
         """Vocabulary = sorted distinct characters of ``text``."""
         if not text:
             raise ValueError("cannot fit a tokenizer on empty text")
@@ -225,7 +226,7 @@ class CharTokenizer:
         return {"type": "char", "chars": "".join(self.chars)}
 
     @classmethod
-    def from_state_dict(cls, state: dict) -> "CharTokenizer":
+    def from_state_dict(cls, state: dict) -> CharTokenizer:
         if state.get("type") != "char" or "chars" not in state:
             raise ValueError(f"not a CharTokenizer state: keys {sorted(state)}")
         return cls(list(state["chars"]))
@@ -329,7 +330,7 @@ class Seq2SeqTask:
     def __len__(self) -> int:
         return self.src.shape[0]
 
-    def __getitem__(self, index) -> "Seq2SeqTask":
+    def __getitem__(self, index) -> Seq2SeqTask:
         """Rows ``index`` (an int, slice or index tensor) as a smaller task."""
         if isinstance(index, int):
             index = slice(index, index + 1)

@@ -26,8 +26,9 @@ import json
 import random
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 from .data import STDLIB_MODULES, load_corpus
 
@@ -205,7 +206,7 @@ class TextDataset:
     def __len__(self) -> int:
         return len(self.texts)
 
-    def subset(self, indices: Sequence[int]) -> "TextDataset":
+    def subset(self, indices: Sequence[int]) -> TextDataset:
         return TextDataset([self.texts[i] for i in indices], [self.labels[i] for i in indices], self.label_names)
 
 

@@ -18,7 +18,8 @@ The data card is ``data/digits.md``. Taught in ``modules/04_multimodal/01_vit.py
 from __future__ import annotations
 
 import re
-from typing import Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 
@@ -152,7 +153,7 @@ class WordTokenizer:
         self.stoi = {w: i for i, w in enumerate(self.itos)}
 
     @classmethod
-    def fit(cls, texts: Sequence[str]) -> "WordTokenizer":
+    def fit(cls, texts: Sequence[str]) -> WordTokenizer:
         """Vocabulary = the sorted distinct words of ``texts`` (after the special tokens)."""
         return cls(sorted({w for t in texts for w in t.split()} - set(cls.SPECIALS)))
 

@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from .data import CharTokenizer, Batch, load_corpus
+from .data import Batch, CharTokenizer, load_corpus
 from .transformer import GPT, GPTConfig
 
 __all__ = ["DistConfig", "rank_and_world", "load_tokens", "make_model", "rank_batch", "local_bytes",

@@ -16,8 +16,9 @@ storage) and ``05_peft_costs.py`` (memory and time). Shape legend: B batch, T le
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, NamedTuple, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -78,7 +79,7 @@ class CompletionData:
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
-    def __getitem__(self, index) -> "CompletionData":
+    def __getitem__(self, index) -> CompletionData:
         return CompletionData(self.input_ids[index], self.targets[index])
 
 

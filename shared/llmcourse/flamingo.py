@@ -192,7 +192,7 @@ class Flamingo(nn.Module):
         self.xattn_layers = [i for i in range(lm.config.n_layer) if i % config.xattn_every == 0]
         self.xattn = nn.ModuleDict({str(i): GatedCrossAttention(D, config.n_heads) for i in self.xattn_layers})
 
-    def train(self, mode: bool = True) -> "Flamingo":
+    def train(self, mode: bool = True) -> Flamingo:
         super().train(mode)
         self.lm.eval()  # the frozen LM always runs as at inference
         return self

@@ -53,11 +53,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import os
 import threading
 import weakref
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -82,7 +82,6 @@ __all__ = [
 ]
 
 _LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x * log2(e)), and exp2 is the fast instruction
-_LN2 = 0.6931471805599453  # ln(2)
 
 
 class AttentionResult(NamedTuple):
@@ -338,7 +337,7 @@ tl = None  # triton.language, bound by _kernels()
 def triton_available() -> bool:
     """True when ``import triton`` works (Linux x86-64 wheels; Colab's CUDA torch ships it)."""
     try:
-        import triton  # noqa: F401
+        import triton  # noqa: F401 - imported only to see whether it loads
     except ImportError:
         return False
     return True
@@ -527,7 +526,7 @@ def _use_interpreter(x: torch.Tensor) -> bool:
     return x.device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _kernels(interpret: bool):
     """Wrap the kernel bodies once per mode: compiled (``triton.jit`` + autotuning) or interpreted."""
     global tl
@@ -622,7 +621,7 @@ def triton_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
         with _interpreter_mode(interpret):
             kernel[(_cdiv(T, bm), B * H)](*args, CAUSAL=causal, HEAD_DIM=D, BLOCK_M=bm, BLOCK_N=bn)
     else:
-        grid = lambda meta: (_cdiv(T, meta["BLOCK_M"]), B * H)  # noqa: E731
+        grid = lambda meta: (_cdiv(T, meta["BLOCK_M"]), B * H)
         fwd[grid](*args, CAUSAL=causal, HEAD_DIM=D)
     return AttentionResult(out, lse)
 

@@ -36,7 +36,6 @@ import signal
 import sys
 import threading
 import time
-import traceback
 import types
 import warnings
 from collections import namedtuple
@@ -235,7 +234,7 @@ class Guard:
             if restore:
                 sys.settrace(None)
                 sys.setprofile(None)
-        if threading._trace_hook is not None or threading._profile_hook is not None:  # noqa: SLF001
+        if threading._trace_hook is not None or threading._profile_hook is not None:
             changed.append("threading.settrace/setprofile")
             if restore:
                 threading.settrace(None)
@@ -424,7 +423,7 @@ class Guard:
         torch = sys.modules.get("torch")
         if torch is not None and isinstance(value, torch.Tensor):
             if cls is not torch.Tensor and cls is not torch.nn.Parameter:
-                with torch._C.DisableTorchFunctionSubclass():  # noqa: SLF001
+                with torch._C.DisableTorchFunctionSubclass():
                     value = torch.Tensor.as_subclass(value, torch.Tensor)
             instance = getattr(value, "__dict__", None)
             if instance:  # an instance attribute that shadows a tensor method (t.allclose = ...)
@@ -586,14 +585,14 @@ def main() -> int:
             try:
                 if trusted and threads:
                     raise TamperError("a thread started by student code is still running: " + "; ".join(threads[:3]))
-                exec(code, ns)  # noqa: S102 - running notebook cells is this process's job
+                exec(code, ns)
             except BaseException as exc:  # noqa: BLE001 - SystemExit and KeyboardInterrupt are cell results too
                 status, error = "error", _error_info(exc, filename)
             finally:
                 guard.in_trusted = False
                 sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
             if trusted:
-                late = guard._drift(restore=True)  # noqa: SLF001
+                late = guard._drift(restore=True)
                 if (late or guard.tampered) and status == "ok":
                     status = "error"
                     error = {"type": "TamperError", "line": None, "message":
@@ -606,7 +605,7 @@ def main() -> int:
                     if name not in guard.answer_names:
                         guard.trusted_bindings[name] = _MISSING
             else:
-                changed = guard._drift(restore=False)  # noqa: SLF001
+                changed = guard._drift(restore=False)
                 if changed:
                     notes.append("changed library code: " + ", ".join(sorted(set(changed))[:8]))
         reply({"id": rid, "status": status, "error": error, "stdout": out.getvalue()[-4000:],

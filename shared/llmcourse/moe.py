@@ -153,7 +153,7 @@ class MoEConfig:
             raise ValueError(f"impl must be one of {tuple(_DISPATCH)}, got {self.impl!r}")
 
     @classmethod
-    def tiny(cls, **overrides) -> "MoEConfig":
+    def tiny(cls, **overrides) -> MoEConfig:
         return cls(**{"d_model": 16, "d_ff": 32, "n_experts": 4, **overrides})
 
 

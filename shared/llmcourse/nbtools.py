@@ -10,6 +10,7 @@ Every notebook is authored as a jupytext percent ``.py`` file paired with an ``.
 Command line (what the Makefile calls)::
 
     python -m llmcourse.nbtools execute [PATHS...]   # default: every demo
+    python -m llmcourse.nbtools text [PATHS...]      # copy edited markdown into the .ipynb, keep outputs
     python -m llmcourse.nbtools stamp [PATHS...]     # refresh Colab badge + setup cell in the .py files
     python -m llmcourse.nbtools labs                 # sync lab sources, regenerate labs/
     python -m llmcourse.nbtools check                # report pairs out of sync and stale stamps
@@ -21,7 +22,6 @@ import argparse
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -95,6 +95,28 @@ def cell_signature(nb) -> list[tuple]:
 # The CPU's instruction set still matters (AVX-512 vs AVX2 kernels round differently): see CONTRIBUTING.
 REPRODUCIBLE_ENV = {"PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
 
+# The instruction set cannot be pinned, but it can be lowered: these make torch, MKL and oneDNN use their
+# AVX2 kernels on an AVX-512 machine, as on most laptops. `make test` runs the demos below a second time
+# under them (conftest.py), so every change proves their stored outputs hold on both kinds of CPU.
+AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+# The demos whose outputs rest on training (a model from scratch, a fine-tune of the tiny GPT or of
+# SmolLM2), on quantized kernels or on curves fitted to timings: an AVX2 run of each printed other digits
+# before its CPU-dependent values were marked with "≈" (tests/nbval_sanitize.cfg). A demo that prints "≈" must be listed here
+# (tests/test_notebooks.py), so the mask is proven to be enough.
+AVX2_DEMOS = (
+    "modules/01_transformers/03_architectures.py",
+    "modules/01_transformers/04_pretraining.py",
+    "modules/02_fine_tuning/01_fine_tuning.py",
+    "modules/02_fine_tuning/02_prompt_tuning.py",
+    "modules/02_fine_tuning/04_lora.py",
+    "modules/03_deployment/01_context_length.py",
+    "modules/03_deployment/05_quantization.py",
+    "modules/03_deployment/06_qlora.py",
+    "modules/03_deployment/07_mixture_of_experts.py",
+    "modules/04_multimodal/03_clip.py",
+    "modules/04_multimodal/05_rlhf.py",
+)
+
 
 def kernel_env() -> dict[str, str]:
     """Environment for executing notebooks: offline, reproducible (``REPRODUCIBLE_ENV``), no hub,
@@ -106,12 +128,62 @@ def kernel_env() -> dict[str, str]:
     return env
 
 
-def execute(py_path: Path, timeout: int = 900) -> float:
-    """Execute a demo's .py in a fresh kernel (cwd = its folder) and store the outputs in its .ipynb."""
+DEMO_BUDGET_S = 60.0  # every demo, top to bottom, on a 2-core CPU (the stored cell timings must show it)
+BUSY_CORES = 0.5  # other programs using more than this many cores on average: timings would be wrong
+
+
+def busy_cores(window: float = 1.0) -> float | None:
+    """How many cores other programs keep busy right now: the non-idle share of all CPU time over
+    ``window`` seconds (``/proc/stat``) times the core count. ``None`` where ``/proc/stat`` is missing."""
+    def sample() -> tuple[int, int]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields[:8]), idle  # user nice system idle iowait irq softirq steal (guest is in user)
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(window)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    if total1 == total0:
+        return 0.0
+    return (1 - (idle1 - idle0) / (total1 - total0)) * (os.cpu_count() or 1)
+
+
+def cell_seconds(nb) -> list[float]:
+    """Per code cell, the seconds nbclient recorded (``metadata.execution``: from the kernel taking the
+    cell to its reply); ``nan`` for a cell without a record."""
+    from datetime import datetime
+
+    def stamp(value: str) -> datetime:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+    out = []
+    for cell in nb["cells"]:
+        if cell["cell_type"] != "code":
+            continue
+        record = cell.get("metadata", {}).get("execution", {})
+        start, end = record.get("iopub.execute_input"), record.get("shell.execute_reply")
+        out.append((stamp(end) - stamp(start)).total_seconds() if start and end else float("nan"))
+    return out
+
+
+def execute(py_path: Path, timeout: int = 900, budget: float = DEMO_BUDGET_S, force: bool = False) -> float:
+    """Execute a demo's .py in a fresh kernel (cwd = its folder) and store the outputs in its .ipynb,
+    with each cell's execution timing (nbclient ``record_timing``); returns the cells' total seconds.
+
+    Stored outputs are the course's record of what a demo does on two cores, so they are refused
+    (``RuntimeError``, nothing written) when other programs keep the machine busy (``busy_cores`` above
+    ``BUSY_CORES`` before the run, or a 1-minute load average above the core count + 1 after it), or
+    when the cells take more than ``budget`` seconds in total. ``force`` stores them anyway."""
     from nbclient import NotebookClient
 
+    busy = busy_cores()
+    if busy is not None and busy > BUSY_CORES and not force:
+        raise RuntimeError(f"{py_path}: other programs keep {busy:.1f} cores busy; stored timings would be wrong. "
+                           "Wait until the machine is idle (or pass --force)")
     nb = read_py(py_path)
-    start = time.perf_counter()
     old_env = dict(os.environ)
     os.environ.update(kernel_env())  # the kernel inherits this process's environment
     try:
@@ -120,14 +192,13 @@ def execute(py_path: Path, timeout: int = 900) -> float:
             timeout=timeout,
             kernel_name="python3",
             store_widget_state=True,
+            record_timing=True,
             resources={"metadata": {"path": str(py_path.parent)}},
         ).execute()
     finally:
         os.environ.clear()
         os.environ.update(old_env)
-    seconds = time.perf_counter() - start
-    for cell in nb.cells:
-        cell.metadata.pop("execution", None)  # wall-clock stamps: noise in every diff
+    seconds = sum(cell_seconds(nb))
     stderr = [
         o.get("text", "")[:200]
         for c in nb.cells
@@ -135,10 +206,36 @@ def execute(py_path: Path, timeout: int = 900) -> float:
         for o in c.get("outputs", [])
         if o.get("name") == "stderr"
     ]
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if not force:
+        if load > (os.cpu_count() or 1) + 1:
+            raise RuntimeError(f"{py_path}: the load average reached {load:.1f} during the run (other programs); "
+                               "outputs not stored. Re-run on an idle machine (or pass --force)")
+        if seconds > budget:
+            raise RuntimeError(f"{py_path}: the cells took {seconds:.1f} s, over the {budget:.0f} s budget; "
+                               "outputs not stored (make the demo faster, or pass --force)")
     write_ipynb(nb, py_path.with_suffix(".ipynb"))
     if stderr:
         raise RuntimeError(f"{py_path}: cells wrote to stderr (students would see red boxes): {stderr}")
     return seconds
+
+
+def sync_text(py_path: Path) -> bool:
+    """Copy the markdown cells of a demo's .py into its executed .ipynb, keeping the outputs: a text fix
+    needs no re-execution. Refuses (``ValueError``, nothing written) when a code cell or the cell layout
+    differs, since the stored outputs would then not be the code's. Returns whether the .ipynb changed."""
+    new, ipynb = read_py(py_path), py_path.with_suffix(".ipynb")
+    old = read_ipynb(ipynb)
+    layout = [(c.cell_type, c.source.strip() if c.cell_type == "code" else "") for c in new.cells]
+    if layout != [(c.cell_type, c.source.strip() if c.cell_type == "code" else "") for c in old.cells]:
+        raise ValueError(f"{py_path}: code cells differ from {ipynb.name}: re-execute it (make notebooks NB={py_path})")
+    changed = False
+    for fresh, stored in zip(new.cells, old.cells):
+        if fresh.cell_type == "markdown" and fresh.source != stored.source:
+            stored.source, changed = fresh.source, True
+    if changed:
+        write_ipynb(old, ipynb)
+    return changed
 
 
 def sync_lab_sources(base: Path | None = None) -> list[Path]:
@@ -255,14 +352,20 @@ def problems(base: Path | None = None) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m llmcourse.nbtools", description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=["execute", "stamp", "labs", "check"])
+    parser.add_argument("command", choices=["execute", "text", "stamp", "labs", "check"])
     parser.add_argument("paths", nargs="*", type=Path)
+    parser.add_argument("--force", action="store_true",
+                        help="execute: store outputs even on a busy machine or over the time budget")
     args = parser.parse_args(argv)
     if args.command == "execute":
         paths = [p.with_suffix(".py") for p in args.paths] or demo_sources()
         for p in paths:
             print(f"executing {p} ...", flush=True)
-            print(f"  {execute(p):.1f} s", flush=True)
+            print(f"  {execute(p, force=args.force):.1f} s in the cells", flush=True)
+    elif args.command == "text":
+        for p in [p.with_suffix(".py") for p in args.paths] or demo_sources():
+            if sync_text(p):
+                print(f"text updated in {p.with_suffix('.ipynb')}")
     elif args.command == "stamp":
         for p in stamp(args.paths or demo_sources() + lab_sources()):
             print(f"stamped {p}")

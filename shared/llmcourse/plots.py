@@ -10,7 +10,7 @@ curves in ``04_pretraining.py``).
 from __future__ import annotations
 
 import io
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ def _new_axes(ax: Axes | None, figsize=(5, 4)) -> tuple[Figure, Axes]:
     if ax is not None:
         return ax.figure, ax
     if _in_ipython():
-        import matplotlib.pyplot  # noqa: F401  (loads Jupyter's inline backend, which teaches IPython to show Figures)
+        import matplotlib.pyplot  # noqa: F401 - loads Jupyter's inline backend, which teaches IPython to show Figures
     fig = Figure(figsize=figsize, layout="constrained")
     return fig, fig.add_subplot()
 

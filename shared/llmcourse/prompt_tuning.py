@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -101,7 +102,7 @@ class SoftPrompt(nn.Module):
         self.weight = nn.Parameter(weight)  # (P, C)
 
     @classmethod
-    def from_text(cls, embedding: nn.Embedding, token_ids: Sequence[int], n_virtual: int) -> "SoftPrompt":
+    def from_text(cls, embedding: nn.Embedding, token_ids: Sequence[int], n_virtual: int) -> SoftPrompt:
         """Start from the embeddings of a text prompt (``token_ids`` repeated/truncated to ``n_virtual``)."""
         ids = torch.tensor(init_token_ids(token_ids, n_virtual), device=embedding.weight.device)
         return cls(n_virtual, embedding.embedding_dim, init=embedding.weight[ids])

@@ -448,7 +448,7 @@ class _DequantLinear(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, layer: "QuantLinear") -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, layer: QuantLinear) -> torch.Tensor:
         ctx.layer = layer
         return F.linear(x, layer.dequantized_weight(x.dtype))
 
@@ -482,10 +482,9 @@ class QuantLinear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         self.scheme, self.block_size = scheme, block_size
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
-        self._meta: dict = {}  # non-tensor parts of the quantized weight (shape, bits, ...)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, scheme: Scheme = "nf4", block_size: int = 64) -> "QuantLinear":
+    def from_linear(cls, linear: nn.Linear, scheme: Scheme = "nf4", block_size: int = 64) -> QuantLinear:
         """Quantize an ``nn.Linear`` (its weight is copied, the original is left untouched)."""
         layer = cls(linear.in_features, linear.out_features, scheme, linear.bias is not None, block_size)
         layer.set_weight(linear.weight.detach())
@@ -561,7 +560,7 @@ class NF4Linear(QuantLinear):
         super().__init__(in_features, out_features, "nf4_dq" if double_quant else "nf4", bias, block_size)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, block_size: int = 64, double_quant: bool = False) -> "NF4Linear":
+    def from_linear(cls, linear: nn.Linear, block_size: int = 64, double_quant: bool = False) -> NF4Linear:
         layer = cls(linear.in_features, linear.out_features, linear.bias is not None, block_size, double_quant)
         layer.set_weight(linear.weight.detach())
         if linear.bias is not None:

@@ -217,7 +217,7 @@ class MultiScaleRetention(nn.Module):
             raise ValueError(f"mode must be one of {tuple(_FORMS)}, got {mode!r}")
         B, T, _ = x.shape
         H, Dh = c.n_heads, c.head_dim
-        split = lambda t: t.view(B, T, H, Dh).transpose(1, 2)  # noqa: E731  (B, T, D) -> (B, H, T, Dh)
+        split = lambda t: t.view(B, T, H, Dh).transpose(1, 2)  # (B, T, D) -> (B, H, T, Dh)
         q, k, v = split(self.q_proj(x)), split(self.k_proj(x)) * Dh ** -0.5, split(self.v_proj(x))
         kwargs = {"chunk_size": c.chunk_size} if mode == "chunkwise" else {}
         out, state = _FORMS[mode](q, k, v, self.gammas, state=state, **kwargs)  # (B, H, T, Dh)

@@ -121,7 +121,7 @@ def gold_reward(tokens: torch.Tensor, tokenizer: ReviewTokenizer) -> torch.Tenso
         raise ValueError(f"tokens must be (B, {1 + REVIEW_LENGTH}), got {tuple(tokens.shape)}")
     s = tokenizer.stoi
     words = tokens[:, 1:]
-    ids = lambda names: torch.tensor([s[w] for w in names], device=tokens.device)  # noqa: E731
+    ids = lambda names: torch.tensor([s[w] for w in names], device=tokens.device)
     adjectives = ids(POSITIVE + NEGATIVE + NEUTRAL)
     well_formed = ((words[:, 0] == s["the"]) & torch.isin(words[:, 1], ids(NOUNS)) & (words[:, 2] == s["was"])
                    & torch.isin(words[:, 3], adjectives) & (words[:, 4] == s["and"])
@@ -151,7 +151,9 @@ def make_preferences(a: torch.Tensor, b: torch.Tensor, gold_a: torch.Tensor, gol
     """Simulated labellers compare samples ``a[i]`` and ``b[i]`` (B, T) and prefer ``a`` with probability
     ``sigmoid(gold_a - gold_b)`` (noisy, as real people are: equal rewards give a coin flip)."""
     p_a = torch.sigmoid(gold_a - gold_b)  # (B,)
-    a_wins = torch.rand(p_a.shape, generator=generator) < p_a
+    # Drawn on the generator's device (a CPU generator cannot fill a CUDA tensor), compared on p_a's.
+    noise = torch.rand(p_a.shape, generator=generator, device=generator.device if generator is not None else p_a.device)
+    a_wins = noise.to(p_a.device) < p_a
     return Preferences(torch.where(a_wins[:, None], a, b), torch.where(a_wins[:, None], b, a))
 
 
@@ -242,7 +244,7 @@ def rl_train(policy: GPT, ref: GPT, reward_model: nn.Module, tokenizer: ReviewTo
     ref = ref.eval().requires_grad_(False)
     reward_model = reward_model.eval().requires_grad_(False)
     optimizer = torch.optim.Adam(policy.parameters(), lr=config.lr)
-    generator = torch.Generator().manual_seed(config.seed)
+    generator = torch.Generator(device=next(policy.parameters()).device).manual_seed(config.seed)
     history = RLHistory()
     B = config.batch_size
     for _ in range(config.steps):

@@ -12,15 +12,17 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from .data import CharTokenizer, get_batch, load_corpus, train_val_split
 from .transformer import GPT, GPTConfig
-from .utils import atomic_write_dir, cache_dir, file_lock, get_device, num_threads
+from .utils import atomic_write_dir, get_device, num_threads
 from .utils import progress as _progress_bar
 
 __all__ = [
@@ -36,6 +38,8 @@ __all__ = [
     "TINY_GPT_CONFIG",
     "TINY_GPT_TRAIN",
     "tiny_gpt",
+    "load_tiny_gpt",
+    "train_tiny_gpt",
 ]
 
 
@@ -67,7 +71,7 @@ class TrainConfig:
             raise ValueError(f"grad_clip must be positive or None, got {self.grad_clip}")
 
     @classmethod
-    def tiny(cls, **overrides) -> "TrainConfig":
+    def tiny(cls, **overrides) -> TrainConfig:
         """A few steps, for tests and quick demos."""
         return cls(**{"steps": 20, "batch_size": 8, "lr": 3e-3, "warmup": 2, "min_lr": 3e-4,
                       "eval_every": 10, "eval_batches": 2, **overrides})
@@ -274,68 +278,110 @@ TINY_GPT_CONFIG = dict(block_size=64, n_layer=2, n_head=4, d_model=160, dropout=
 TINY_GPT_TRAIN = TrainConfig(steps=1000, batch_size=16, lr=5e-3, weight_decay=0.1, warmup=50, min_lr=5e-4,
                              grad_clip=1.0, eval_every=500, eval_batches=10, seed=1337)
 TINY_GPT_THREADS = 2  # part of the recipe: another thread count trains a (slightly) different model
-_TINY_GPT_VERSION = "v1"
+# The checkpoint ships in the package (data/tiny_gpt/, 2.6 MB). Training it is chaotic: the same recipe
+# on the same machine ended at validation loss 1.8053 and 1.8082, and under AVX2 kernels at 1.8064, with
+# different greedy samples every time. Every notebook that builds on it would then print other digits.
+# So loading never trains; retraining is one explicit command (see :func:`train_tiny_gpt`).
+TINY_GPT_DIR = Path(__file__).resolve().parent / "data" / "tiny_gpt"
+TINY_GPT_SHA256 = "de9ce4249e88a8bf2e14a129913118259349d426f2e04139fd03240f9776a815"  # of model.safetensors: a changed or truncated file fails to load
 
 
-def _tiny_gpt_dir():
-    key = json.dumps([_TINY_GPT_VERSION, TINY_GPT_CONFIG, asdict(TINY_GPT_TRAIN), TINY_GPT_THREADS], sort_keys=True)
-    return cache_dir("tiny_gpt") / f"{_TINY_GPT_VERSION}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
-def _load_tiny_gpt(folder) -> tuple[GPT, CharTokenizer]:
+def load_tiny_gpt(folder: str | Path = TINY_GPT_DIR, sha256: str | None = TINY_GPT_SHA256) -> tuple[GPT, CharTokenizer]:
+    """Load a tiny-GPT checkpoint folder (``model.safetensors`` + ``config.json``) written by
+    :func:`train_tiny_gpt`; with ``sha256`` the weights file must have that hash (``None`` skips it)."""
     from safetensors.torch import load_model
 
-    meta = json.loads((folder / "config.json").read_text())
+    folder = Path(folder)
+    weights, meta_file = folder / "model.safetensors", folder / "config.json"
+    if not (weights.is_file() and meta_file.is_file()):
+        raise FileNotFoundError(f"no tiny-GPT checkpoint in {folder} (needs model.safetensors and config.json)")
+    if sha256 is not None and (found := _sha256(weights)) != sha256:
+        raise ValueError(f"{weights} has sha256 {found}, expected {sha256}: the file is damaged or was retrained "
+                         "without updating TINY_GPT_SHA256 (python -m llmcourse.train prints the new hash)")
+    meta = json.loads(meta_file.read_text())
     model = GPT(GPTConfig(**meta["model"]))
-    load_model(model, str(folder / "model.safetensors"))
+    load_model(model, str(weights))
     model.eval()
     model.training_summary = meta["summary"]  # val loss, seconds, ... (shown in notebooks)
     return model, CharTokenizer.from_state_dict(meta["tokenizer"])
 
 
-def tiny_gpt(train_if_missing: bool = True, progress: bool = False) -> tuple[GPT, CharTokenizer]:
+def tiny_gpt() -> tuple[GPT, CharTokenizer]:
     """The course's tiny pretrained base model: a character-level GPT (2 layers, d_model 160, 4 heads,
     context 64, 96-character vocabulary, 644,480 parameters) trained on the standard-library docstring
     corpus (:func:`llmcourse.data.load_corpus`, last 10% held out).
 
-    The first call trains it on the CPU (1000 AdamW steps of 16 x 64 characters, about 1M characters,
-    seed 1337; roughly 45-60 s, always on ``TINY_GPT_THREADS`` = 2 threads, since the thread count
-    changes the last bits of every step and so the checkpoint) and
-    caches it in ``cache_dir("tiny_gpt")`` as safetensors + JSON (atomic write under a file lock, so
-    parallel processes train it once). Later calls load it in well under a second.
+    It ships with the package (``TINY_GPT_DIR``, checked against ``TINY_GPT_SHA256``) and loads in well
+    under a second; it is never trained on the fly. The recipe is :func:`train_tiny_gpt`: 1000 AdamW
+    steps of 16 x 64 characters (about 1M characters, seed 1337) on ``TINY_GPT_THREADS`` = 2 threads.
 
-    Reference run: validation loss 1.80 nats/char (perplexity ~6), from 4.58 at initialisation; the
-    actual numbers are in ``model.training_summary``. Samples look like Python docstrings: real words,
-    ``>>>`` examples and ``Return ...`` sentences, with little meaning. E.g. from "Return the ":
-    ``Return in integer if normination condings.`` Returns ``(model, tokenizer)`` on the CPU, in eval mode.
+    Validation loss about 1.80 nats/char (perplexity ~6), from 4.58 at initialisation; the shipped
+    numbers are in ``model.training_summary``. Samples look like Python docstrings: real words, ``>>>``
+    examples and ``Return ...`` sentences, with little meaning. Returns ``(model, tokenizer)`` on the CPU,
+    in eval mode.
     """
-    folder = _tiny_gpt_dir()
-    if (folder / "config.json").is_file():
-        return _load_tiny_gpt(folder)
-    if not train_if_missing:
-        raise FileNotFoundError(f"tiny_gpt is not cached at {folder}; call tiny_gpt(train_if_missing=True)")
-    with file_lock(folder.parent / f"{folder.name}.lock"):
-        if (folder / "config.json").is_file():  # another process finished while we waited
-            return _load_tiny_gpt(folder)
-        from safetensors.torch import save_model
+    return load_tiny_gpt(TINY_GPT_DIR, TINY_GPT_SHA256)
 
-        text = load_corpus()
-        tokenizer = CharTokenizer.fit(text)
-        train_tokens, val_tokens = train_val_split(tokenizer.encode(text), val_fraction=0.1)
-        config = GPTConfig(vocab_size=tokenizer.vocab_size, **TINY_GPT_CONFIG)
-        with torch.random.fork_rng(devices=[]):  # seed the initialisation without touching the caller's RNG
-            torch.manual_seed(TINY_GPT_TRAIN.seed)
-            model = GPT(config)
-        with num_threads(TINY_GPT_THREADS):  # the same checkpoint on every machine with this CPU type
-            history = train_lm(model, train_tokens, val_tokens, TINY_GPT_TRAIN, config.block_size,
-                               device="cpu", progress=progress)
-            threads = torch.get_num_threads()  # what training used, not what the caller has
-        summary = {"val_loss": round(history.final_val_loss, 4), "train_loss": round(history.train_loss[-1], 4),
-                   "seconds": round(history.seconds[-1], 1), "parameters": model.num_parameters(),
-                   "steps": TINY_GPT_TRAIN.steps, "threads": threads}
-        meta = {"model": asdict(config), "tokenizer": tokenizer.state_dict(), "summary": summary,
-                "train": asdict(TINY_GPT_TRAIN)}
-        with atomic_write_dir(folder) as tmp:
-            save_model(model, str(tmp / "model.safetensors"))
-            (tmp / "config.json").write_text(json.dumps(meta, indent=2))
-    return _load_tiny_gpt(folder)
+
+def train_tiny_gpt(out_dir: str | Path, progress: bool = False) -> tuple[GPT, CharTokenizer]:
+    """Train the tiny GPT from scratch with the course recipe and write ``model.safetensors`` and
+    ``config.json`` (architecture, tokenizer, training summary) to ``out_dir`` atomically; returns it.
+
+    About a minute on two CPU cores. The result lands near the shipped checkpoint (validation loss within
+    0.03, ``tests/test_train.py``), never bit-identical: thread count, instruction set (AVX-512 vs AVX2)
+    and library versions change the last bits of every step, and 1000 steps amplify them.
+    ``python -m llmcourse.train --out DIR`` does the same and prints the sha256 to ship.
+    """
+    from safetensors.torch import save_model
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise ValueError(f"out_dir {out_dir} is not empty: pass a new folder (the shipped checkpoint is never overwritten in place)")
+    if out_dir.exists():
+        out_dir.rmdir()
+    text = load_corpus()
+    tokenizer = CharTokenizer.fit(text)
+    train_tokens, val_tokens = train_val_split(tokenizer.encode(text), val_fraction=0.1)
+    config = GPTConfig(vocab_size=tokenizer.vocab_size, **TINY_GPT_CONFIG)
+    with torch.random.fork_rng(devices=[]):  # seed the initialisation without touching the caller's RNG
+        torch.manual_seed(TINY_GPT_TRAIN.seed)
+        model = GPT(config)
+    with num_threads(TINY_GPT_THREADS):
+        history = train_lm(model, train_tokens, val_tokens, TINY_GPT_TRAIN, config.block_size,
+                           device="cpu", progress=progress)
+        threads = torch.get_num_threads()  # what training used, not what the caller has
+    summary = {"val_loss": round(history.final_val_loss, 4), "train_loss": round(history.train_loss[-1], 4),
+               "seconds": round(history.seconds[-1], 1), "parameters": model.num_parameters(),
+               "steps": TINY_GPT_TRAIN.steps, "threads": threads, "torch": torch.__version__}
+    meta = {"model": asdict(config), "tokenizer": tokenizer.state_dict(), "summary": summary,
+            "train": asdict(TINY_GPT_TRAIN)}
+    with atomic_write_dir(out_dir) as tmp:
+        save_model(model, str(tmp / "model.safetensors"))
+        (tmp / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return load_tiny_gpt(out_dir, sha256=None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m llmcourse.train", description=train_tiny_gpt.__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, type=Path, help="a new folder for the checkpoint")
+    args = parser.parse_args(argv)
+    model, _ = train_tiny_gpt(args.out, progress=True)
+    print(f"validation loss {model.training_summary['val_loss']}, shipped {load_tiny_gpt().training_summary['val_loss']}"
+          if TINY_GPT_SHA256 != "PLACEHOLDER" else f"validation loss {model.training_summary['val_loss']}")
+    print(f"sha256 {_sha256(args.out / 'model.safetensors')}: to ship it, copy {args.out}/* to {TINY_GPT_DIR} "
+          "and set TINY_GPT_SHA256")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

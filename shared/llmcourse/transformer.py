@@ -21,7 +21,7 @@ Shape legend: B batch, T (target) length, S source length, C model width, V voca
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 import torch
@@ -123,7 +123,7 @@ class BlockConfig:
                                self.causal if causal is None else causal, self.impl)
 
     @classmethod
-    def tiny(cls, **overrides) -> "BlockConfig":
+    def tiny(cls, **overrides) -> BlockConfig:
         return cls(**{"d_model": 32, "n_heads": 4, **overrides})
 
 
@@ -270,7 +270,7 @@ class GPTConfig:
                            impl=self.impl, norm_eps=self.norm_eps)
 
     @classmethod
-    def tiny(cls, **overrides) -> "GPTConfig":
+    def tiny(cls, **overrides) -> GPTConfig:
         """A few-thousand-parameter GPT for tests and CPU demos."""
         return cls(**{"vocab_size": 65, "block_size": 32, "n_layer": 2, "n_head": 4, "d_model": 32,
                       **overrides})
@@ -449,7 +449,7 @@ class EncoderConfig:
                            norm=self.norm, activation=self.activation, impl=self.impl, norm_eps=self.norm_eps)
 
     @classmethod
-    def tiny(cls, **overrides) -> "EncoderConfig":
+    def tiny(cls, **overrides) -> EncoderConfig:
         return cls(**{"vocab_size": 40, "max_len": 32, "n_layer": 2, "n_head": 4, "d_model": 32, **overrides})
 
 
@@ -548,7 +548,7 @@ class Seq2SeqConfig:
                            cross_attention=decoder, norm=self.norm, activation=self.activation, impl=self.impl)
 
     @classmethod
-    def tiny(cls, **overrides) -> "Seq2SeqConfig":
+    def tiny(cls, **overrides) -> Seq2SeqConfig:
         return cls(**{"src_vocab_size": 16, "tgt_vocab_size": 16, "max_len": 16, "n_encoder_layers": 1,
                       "n_decoder_layers": 1, "n_head": 2, "d_model": 32, **overrides})
 

@@ -16,14 +16,15 @@ import importlib.util
 import logging
 import os
 import random
+import re
 import shutil
 import statistics
 import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -42,6 +43,7 @@ __all__ = [
     "atomic_write_dir",
     "file_lock",
     "num_threads",
+    "claim",
 ]
 
 
@@ -215,6 +217,29 @@ def peak_memory(fn: Callable, *args, device: torch.device | str | None = None, *
     fn(*args, **kwargs)
     synchronize(device)
     return torch.cuda.max_memory_allocated(device) - before
+
+
+# ----------------------------------------------------------------------------------------------------
+# Claims
+# ----------------------------------------------------------------------------------------------------
+_CLAIM_ID = re.compile(r"^m[1-4]-[a-z0-9]+(-[a-z0-9]+)*$")
+
+
+def claim(claim_id: str, text: str) -> str:
+    """Print one measured claim as a line ``claim <id>: <text>`` and return that line.
+
+    Each row of a module README's claims table names its claim id; ``tests/test_claims.py`` reads the
+    stored notebook outputs and fails when a number in the README row is not in the printed line.
+    Ids look like ``m2-lora-merge-latency`` (module number, then words). Print what the cell measured,
+    formatted as the README quotes it (``f"{ratio:.2f}×"``), after the cell's assertions.
+    """
+    if not isinstance(claim_id, str) or not _CLAIM_ID.match(claim_id):
+        raise ValueError(f"claim id must look like 'm2-lora-merge' (m1-m4, lowercase words), got {claim_id!r}")
+    if not isinstance(text, str) or not text.strip() or "\n" in text:
+        raise ValueError(f"claim text must be one non-empty line, got {text!r}")
+    line = f"claim {claim_id}: {text.strip()}"
+    print(line)
+    return line
 
 
 # ----------------------------------------------------------------------------------------------------

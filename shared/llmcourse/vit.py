@@ -143,7 +143,7 @@ class ViTConfig:
                            causal=False, norm="pre", activation="gelu")
 
     @classmethod
-    def tiny(cls, **overrides) -> "ViTConfig":
+    def tiny(cls, **overrides) -> ViTConfig:
         return cls(**{"d_model": 32, "n_layer": 1, "n_head": 2, **overrides})
 
 

@@ -1068,7 +1068,7 @@ for r in ranks:
     layer.base.load_state_dict(base.state_dict())
     optimizer = torch.optim.Adam([layer.lora_A.weight, layer.lora_B.weight], lr=1e-2)
     gen = torch.Generator().manual_seed(2)
-    for step in range(300):
+    for _ in range(300):
         x = torch.randn(64, I, generator=gen)
         loss = (layer(x) - (base(x) + x @ delta.T)).pow(2).mean()
         optimizer.zero_grad()

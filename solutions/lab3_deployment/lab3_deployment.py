@@ -70,7 +70,7 @@ seed_everything(0)
 # %% nbgrader={"grade": false, "grade_id": "test_helpers", "locked": true, "schema_version": 3, "solution": false}
 # Helpers for the test cells. The reference implementations imported here are only used to check
 # your answers on inputs you do not see.
-import torch._dynamo  # noqa: F401 - Part 6's memory check needs it; loaded here, before any answer runs
+import torch._dynamo
 from llmcourse import attention as ref_attention
 from llmcourse import cascade as ref_cascade
 from llmcourse import flash as ref_flash

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 LAB = "fixture_lab"
 FULL = {"softmax_test": 2.0, "softmax_axis_test": 1.0, "count_test": 1.0, "mask_test": 2.0, "total_test": 1.0}
