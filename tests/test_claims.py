@@ -146,10 +146,11 @@ def test_a_stale_row_is_caught(tmp_path):
 
 
 def test_claim_prints_one_line(capsys):
-    assert claim("m2-lora-merge", "1.20×") == "claim m2-lora-merge: 1.20×"
+    assert claim("m2-lora-merge", "1.20×") is None  # a cell ending with it shows the line once
     assert capsys.readouterr().out == "claim m2-lora-merge: 1.20×\n"
     for bad_id in ("lora", "m5-x", "m2-Bad", "m2-"):
         with pytest.raises(ValueError, match="claim id"):
             claim(bad_id, "1")
-    with pytest.raises(ValueError, match="one non-empty line"):
-        claim("m2-x", "a\nb")
+    for bad_text in ("a\nb", "a\rb", "a\u2028b", "  ", 3):
+        with pytest.raises(ValueError, match="one non-empty line"):
+            claim("m2-x", bad_text)

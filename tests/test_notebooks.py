@@ -10,7 +10,7 @@ import pytest
 
 from llmcourse import nbtools
 
-from conftest import REPO
+from conftest import REPO, has_avx512
 
 DEMOS = nbtools.demo_sources(REPO)
 LABS = nbtools.lab_sources(REPO)
@@ -90,18 +90,34 @@ def test_cpu_dependent_demos_are_rerun_with_avx2_kernels():
     assert set(nbtools.AVX2_DEMOS) <= demos, set(nbtools.AVX2_DEMOS) - demos
     marked = re.compile(r"≈(-?\d|'|\"|\[)")
     for py in DEMOS:
-        text = "".join("".join(o.get("text", "")) for c in json.loads(py.with_suffix(".ipynb").read_text())["cells"]
-                       for o in c.get("outputs", []) if o.get("output_type") == "stream")
+        text = "".join("".join(o.get("text", "")) + "".join(o.get("data", {}).get("text/plain", ""))
+                       for c in json.loads(py.with_suffix(".ipynb").read_text())["cells"] for o in c.get("outputs", []))
         if marked.search(text):
             assert _id(py) in nbtools.AVX2_DEMOS, f"{_id(py)} prints CPU-dependent values (≈) but is not in AVX2_DEMOS"
+
+
+@pytest.mark.skipif(not has_avx512(), reason="needs an AVX-512 CPU (the AVX2 copies are not collected without)")
+def test_avx2_env_selects_the_avx2_kernels():
+    """The AVX2 copies are a different run: torch started with AVX2_ENV dispatches to its AVX2 kernels."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import torch; print(torch.backends.cpu.get_cpu_capability())"
+    env = {k: v for k, v in os.environ.items() if k not in nbtools.AVX2_ENV}
+    native = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    lowered = subprocess.run([sys.executable, "-c", code], env={**env, **nbtools.AVX2_ENV}, capture_output=True,
+                             text=True, check=True)
+    assert native.stdout.strip() == "AVX512" and lowered.stdout.strip() == "AVX2", (native.stdout, lowered.stdout)
 
 
 def test_cell_seconds_reads_nbclient_timing():
     nb = {"cells": [
         {"cell_type": "markdown", "metadata": {}},
-        {"cell_type": "code", "metadata": {"execution": {"iopub.execute_input": "2026-12-03T10:00:00.250Z",
-                                                         "shell.execute_reply": "2026-12-03T10:00:02.000Z"}}},
-        {"cell_type": "code", "metadata": {}},
+        {"cell_type": "code", "source": "x = 1", "metadata": {"execution": {
+            "iopub.execute_input": "2026-12-03T10:00:00.250Z", "shell.execute_reply": "2026-12-03T10:00:02.000Z"}}},
+        {"cell_type": "code", "source": ["y = ", "2"], "metadata": {}},
+        {"cell_type": "code", "source": "  \n", "metadata": {}},  # empty: nbclient skips it, so does the sum
     ]}
     first, second = nbtools.cell_seconds(nb)
     assert first == pytest.approx(1.75) and second != second  # nan: never timed

@@ -152,8 +152,9 @@ def busy_cores(window: float = 1.0) -> float | None:
 
 
 def cell_seconds(nb) -> list[float]:
-    """Per code cell, the seconds nbclient recorded (``metadata.execution``: from the kernel taking the
-    cell to its reply); ``nan`` for a cell without a record."""
+    """Per non-empty code cell, the seconds nbclient recorded (``metadata.execution``: from the kernel
+    taking the cell to its reply); ``nan`` for a cell without a record. nbclient never runs an empty cell,
+    so those are left out."""
     from datetime import datetime
 
     def stamp(value: str) -> datetime:
@@ -161,7 +162,8 @@ def cell_seconds(nb) -> list[float]:
 
     out = []
     for cell in nb["cells"]:
-        if cell["cell_type"] != "code":
+        source = cell.get("source", "")
+        if cell["cell_type"] != "code" or not "".join(source).strip():
             continue
         record = cell.get("metadata", {}).get("execution", {})
         start, end = record.get("iopub.execute_input"), record.get("shell.execute_reply")
@@ -199,6 +201,8 @@ def execute(py_path: Path, timeout: int = 900, budget: float = DEMO_BUDGET_S, fo
         os.environ.clear()
         os.environ.update(old_env)
     seconds = sum(cell_seconds(nb))
+    if seconds != seconds:  # nan: a cell ran without a timing record, so the budget cannot be proven
+        raise RuntimeError(f"{py_path}: nbclient recorded no timing for some cells; outputs not stored")
     stderr = [
         o.get("text", "")[:200]
         for c in nb.cells

@@ -283,7 +283,12 @@ TINY_GPT_THREADS = 2  # part of the recipe: another thread count trains a (sligh
 # different greedy samples every time. Every notebook that builds on it would then print other digits.
 # So loading never trains; retraining is one explicit command (see :func:`train_tiny_gpt`).
 TINY_GPT_DIR = Path(__file__).resolve().parent / "data" / "tiny_gpt"
-TINY_GPT_SHA256 = "de9ce4249e88a8bf2e14a129913118259349d426f2e04139fd03240f9776a815"  # of model.safetensors: a changed or truncated file fails to load
+# sha256 of each shipped file: a changed or truncated weight file, or an edited config (vocabulary,
+# architecture, the summary the notebooks print), fails to load.
+TINY_GPT_SHA256 = {
+    "model.safetensors": "de9ce4249e88a8bf2e14a129913118259349d426f2e04139fd03240f9776a815",
+    "config.json": "9a020434f172575b73ed1ef5f87989e524557f036fff4ff753a12272670f0115",
+}
 
 
 def _sha256(path: Path) -> str:
@@ -294,18 +299,21 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_tiny_gpt(folder: str | Path = TINY_GPT_DIR, sha256: str | None = TINY_GPT_SHA256) -> tuple[GPT, CharTokenizer]:
+def load_tiny_gpt(folder: str | Path = TINY_GPT_DIR,
+                  sha256: dict[str, str] | None = TINY_GPT_SHA256) -> tuple[GPT, CharTokenizer]:
     """Load a tiny-GPT checkpoint folder (``model.safetensors`` + ``config.json``) written by
-    :func:`train_tiny_gpt`; with ``sha256`` the weights file must have that hash (``None`` skips it)."""
+    :func:`train_tiny_gpt`; with ``sha256`` ({file name: hash}) each file must have its hash (``None``
+    skips the check)."""
     from safetensors.torch import load_model
 
     folder = Path(folder)
     weights, meta_file = folder / "model.safetensors", folder / "config.json"
     if not (weights.is_file() and meta_file.is_file()):
         raise FileNotFoundError(f"no tiny-GPT checkpoint in {folder} (needs model.safetensors and config.json)")
-    if sha256 is not None and (found := _sha256(weights)) != sha256:
-        raise ValueError(f"{weights} has sha256 {found}, expected {sha256}: the file is damaged or was retrained "
-                         "without updating TINY_GPT_SHA256 (python -m llmcourse.train prints the new hash)")
+    for name, expected in (sha256 or {}).items():
+        if (found := _sha256(folder / name)) != expected:
+            raise ValueError(f"{folder / name} has sha256 {found}, expected {expected}: the file is damaged or was "
+                             "retrained without updating TINY_GPT_SHA256 (python -m llmcourse.train prints the hashes)")
     meta = json.loads(meta_file.read_text())
     model = GPT(GPTConfig(**meta["model"]))
     load_model(model, str(weights))
@@ -343,8 +351,9 @@ def train_tiny_gpt(out_dir: str | Path, progress: bool = False) -> tuple[GPT, Ch
     from safetensors.torch import save_model
 
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise ValueError(f"out_dir {out_dir} is not empty: pass a new folder (the shipped checkpoint is never overwritten in place)")
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise ValueError(f"out_dir {out_dir} is a file or a folder that is not empty: pass a new folder "
+                         "(the shipped checkpoint is never overwritten in place)")
     if out_dir.exists():
         out_dir.rmdir()
     text = load_corpus()
@@ -356,13 +365,15 @@ def train_tiny_gpt(out_dir: str | Path, progress: bool = False) -> tuple[GPT, Ch
         model = GPT(config)
     with num_threads(TINY_GPT_THREADS):
         history = train_lm(model, train_tokens, val_tokens, TINY_GPT_TRAIN, config.block_size,
-                           device="cpu", progress=progress)
+                           device="cpu", progress=progress)  # the recipe: CPU, 2 threads (the shipped run)
         threads = torch.get_num_threads()  # what training used, not what the caller has
     summary = {"val_loss": round(history.final_val_loss, 4), "train_loss": round(history.train_loss[-1], 4),
                "seconds": round(history.seconds[-1], 1), "parameters": model.num_parameters(),
                "steps": TINY_GPT_TRAIN.steps, "threads": threads, "torch": torch.__version__}
     meta = {"model": asdict(config), "tokenizer": tokenizer.state_dict(), "summary": summary,
             "train": asdict(TINY_GPT_TRAIN)}
+    if out_dir.exists():  # atomic_write_dir would keep what another process put there meanwhile
+        raise ValueError(f"out_dir {out_dir} appeared while training; nothing written")
     with atomic_write_dir(out_dir) as tmp:
         save_model(model, str(tmp / "model.safetensors"))
         (tmp / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -376,10 +387,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="a new folder for the checkpoint")
     args = parser.parse_args(argv)
     model, _ = train_tiny_gpt(args.out, progress=True)
-    print(f"validation loss {model.training_summary['val_loss']}, shipped {load_tiny_gpt().training_summary['val_loss']}"
-          if TINY_GPT_SHA256 != "PLACEHOLDER" else f"validation loss {model.training_summary['val_loss']}")
-    print(f"sha256 {_sha256(args.out / 'model.safetensors')}: to ship it, copy {args.out}/* to {TINY_GPT_DIR} "
-          "and set TINY_GPT_SHA256")
+    hashes = {name: _sha256(args.out / name) for name in ("model.safetensors", "config.json")}
+    print(f"validation loss {model.training_summary['val_loss']}")
+    print(f"sha256: {hashes}")
+    print(f"to ship it: copy {args.out}/* to {TINY_GPT_DIR}, set TINY_GPT_SHA256 to the hashes above and update "
+          "the model card")
     return 0
 
 

@@ -225,8 +225,9 @@ def peak_memory(fn: Callable, *args, device: torch.device | str | None = None, *
 _CLAIM_ID = re.compile(r"^m[1-4]-[a-z0-9]+(-[a-z0-9]+)*$")
 
 
-def claim(claim_id: str, text: str) -> str:
-    """Print one measured claim as a line ``claim <id>: <text>`` and return that line.
+def claim(claim_id: str, text: str) -> None:
+    """Print one measured claim as a line ``claim <id>: <text>`` (nothing is returned, so a cell that ends
+    with it does not show the line twice).
 
     Each row of a module README's claims table names its claim id; ``tests/test_claims.py`` reads the
     stored notebook outputs and fails when a number in the README row is not in the printed line.
@@ -235,11 +236,9 @@ def claim(claim_id: str, text: str) -> str:
     """
     if not isinstance(claim_id, str) or not _CLAIM_ID.match(claim_id):
         raise ValueError(f"claim id must look like 'm2-lora-merge' (m1-m4, lowercase words), got {claim_id!r}")
-    if not isinstance(text, str) or not text.strip() or "\n" in text:
+    if not isinstance(text, str) or len(text.strip().splitlines()) != 1:
         raise ValueError(f"claim text must be one non-empty line, got {text!r}")
-    line = f"claim {claim_id}: {text.strip()}"
-    print(line)
-    return line
+    print(f"claim {claim_id}: {text.strip()}")
 
 
 # ----------------------------------------------------------------------------------------------------
