@@ -76,13 +76,59 @@ def repo() -> Path:
     return REPO
 
 
+# Seconds a few long xdist groups take in `make test` (2-core CI machine, `--durations=0`, 2026-12-04).
+# Only the order in which groups start depends on them (see group_cost); a wrong number costs time, never
+# a result.
+GROUP_SECONDS = {
+    "grading-lab2_fine_tuning": 185, "grading-lab4_multimodal": 140, "grading-lab1_transformers": 70,
+    "grading-lab3_deployment": 50, "grading-fixture": 50, "tests/test_train.py": 90, "tests/test_browser.py": 35,
+    "tests/test_labs.py": 35, "tests/test_distributed.py": 30, "tests/test_lab2_references.py": 25,
+}
+
+
+def group_cost(group: str) -> float:
+    """Estimated seconds of an xdist group: GROUP_SECONDS, else twice a demo notebook's stored cell timings
+    (two workers share the two cores) and twice again for a demo of AVX2_DEMOS (its AVX2 copy runs in
+    the same group), else 0."""
+    if group in GROUP_SECONDS:
+        return GROUP_SECONDS[group]
+    path = REPO / group
+    if path.suffix != ".ipynb" or not path.exists():
+        return 0.0
+    import math
+
+    from llmcourse import nbtools
+
+    seconds = sum(s for s in nbtools.cell_seconds(nbtools.read_ipynb(path)) if not math.isnan(s)) + 3.0
+    try:
+        twice = path.resolve().relative_to(REPO).with_suffix(".py").as_posix() in AVX2_DEMOS and has_avx512()
+    except ValueError:
+        twice = False
+    return 2 * seconds * (2 if twice else 1)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """Keep each file's tests on one xdist worker (nbval needs one kernel per notebook) unless a
-    test names its own group with `@pytest.mark.xdist_group` (the grading pipeline, one per lab)."""
+    test names its own group with `@pytest.mark.xdist_group` (the grading pipeline, one per lab).
+
+    Then order the groups longest first (stable within a group): with ``--no-loadscope-reorder``
+    (pytest.ini) xdist hands groups out in this order, so no long group starts while the other worker is
+    nearly done (xdist's own order, most tests first, started every one-test grading group last)."""
+    groups = {}
     for item in items:
-        if not any(True for _ in item.iter_markers("xdist_group")):
+        marker = next(iter(item.iter_markers("xdist_group")), None)
+        if marker is None:
+            group = os.path.relpath(str(item.fspath), REPO)
             item.add_marker(pytest.mark.xdist_group(str(item.fspath)))
+        else:
+            group = marker.args[0] if marker.args else marker.kwargs.get("name", "")
+        groups[item] = group
+    cost = {group: group_cost(group) for group in set(groups.values())}
+    first = {}
+    for n, item in enumerate(items):
+        first.setdefault(groups[item], n)
+    items.sort(key=lambda item: (-cost[groups[item]], first[groups[item]]))
 
 
 @pytest.hookimpl(optionalhook=True)  # an xdist hook: unknown when xdist is disabled

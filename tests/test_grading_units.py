@@ -246,3 +246,10 @@ def test_combine_mistakes_uses_each_mistake_once_in_different_cells():
         grading.combine_mistakes(mistakes, [("m1", "m2")])
     with pytest.raises(ValueError, match="same answer cell"):
         grading.combine_mistakes(mistakes, [("m1", "m3"), ("m2",)])
+
+
+def test_scratch_course_generates_only_the_labs_asked_for(tmp_path):
+    with pytest.raises(ValueError, match="no_such_lab"):
+        grading.scratch_course(REPO, tmp_path / "a", labs=["no_such_lab"])
+    course = grading.scratch_course(REPO, tmp_path / "b", labs=[])
+    assert (course / "solutions").is_dir() and not (course / "labs").exists()

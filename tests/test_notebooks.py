@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import json
+from pathlib import Path
 
 import pytest
 
@@ -191,3 +192,21 @@ def test_sync_text_copies_markdown_and_keeps_outputs(tmp_path):
     with pytest.raises(ValueError, match="code cells differ"):
         nbtools.sync_text(py)
     assert py.with_suffix(".ipynb").read_text() == before
+
+
+def test_schedule_estimates_follow_the_stored_timings():
+    """conftest orders xdist groups longest first from these estimates: a demo with an AVX2 copy counts
+    twice, unknown groups count nothing, and the grading groups use their measured seconds."""
+    import math
+
+    from conftest import GROUP_SECONDS, group_cost, has_avx512
+
+    avx2 = next(p for p in nbtools.AVX2_DEMOS)
+    plain = next(p.relative_to(REPO).as_posix() for p in nbtools.demo_sources(REPO)
+                 if p.relative_to(REPO).as_posix() not in nbtools.AVX2_DEMOS)
+    for rel, copies in ((avx2, 2 if has_avx512() else 1), (plain, 1)):
+        ipynb = Path(rel).with_suffix(".ipynb").as_posix()
+        stored = sum(s for s in nbtools.cell_seconds(nbtools.read_ipynb(REPO / ipynb)) if not math.isnan(s))
+        assert group_cost(ipynb) == pytest.approx(2 * (stored + 3.0) * copies)
+    assert group_cost("grading-lab2_fine_tuning") == GROUP_SECONDS["grading-lab2_fine_tuning"]
+    assert group_cost("tests/no_such_file.py") == 0.0

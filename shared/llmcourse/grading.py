@@ -128,13 +128,15 @@ def default_options(repo: Path | None = None, **overrides) -> Options:
 
 
 # ----------------------------------------------------------------------------- course copies
-def scratch_course(repo: Path, dest: Path, solutions: Path | None = None) -> Path:
-    """Copy what grading needs (config, solutions) into ``dest`` and generate the labs there.
-    ``solutions`` overrides the labs' source folder (the tests' fixture course)."""
+def scratch_course(repo: Path, dest: Path, solutions: Path | None = None, labs: list[str] | None = None) -> Path:
+    """Copy what grading needs (config, solutions) into ``dest`` and generate the labs there (all of them,
+    or only ``labs``; an empty list generates none). ``solutions`` overrides the labs' source folder (the
+    tests' fixture course)."""
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copy2(repo / "nbgrader_config.py", dest / "nbgrader_config.py")
     shutil.copytree(solutions or repo / "solutions", dest / "solutions", dirs_exist_ok=True)
-    nbtools.generate_labs(dest, db=dest / "gradebook.db")
+    if labs is None or labs:
+        nbtools.generate_labs(dest, db=dest / "gradebook.db", labs=labs)
     return dest
 
 
@@ -934,7 +936,8 @@ def grade_class(repo: Path, submissions: Path, out: Path, options: Options | Non
     options = options or default_options(repo)
     out = out.resolve()
     with tempfile.TemporaryDirectory(prefix="llmcourse-grade-") as tmp:
-        course = course or scratch_course(repo, Path(tmp) / "course")
+        generate = course is None  # only the labs that were handed in are generated (nbgrader: seconds each)
+        course = course or scratch_course(repo, Path(tmp) / "course", labs=[])
         labs = nbtools.lab_ids(course)
         if only and only not in labs:
             raise ValueError(f"--lab {only}: the course has {labs}")
@@ -944,6 +947,8 @@ def grade_class(repo: Path, submissions: Path, out: Path, options: Options | Non
         found, problems = collect(submissions.resolve(), labs, Path(tmp), only)
         for problem in problems:
             print(f"note: {problem}", flush=True)
+        if generate and found:
+            nbtools.generate_labs(course, db=course / "gradebook.db", labs=sorted(found))
         specs = {lab: LabSpec.load(course, lab) for lab in found}
         results = []
         for lab, notebooks in found.items():

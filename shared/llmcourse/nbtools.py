@@ -277,12 +277,16 @@ def nbgrader(args: list[str], course_root: Path, db: Path | None = None, quiet: 
         return proc.stderr
 
 
-def generate_labs(course_root: Path, db: Path | None = None) -> list[Path]:
-    """Sync lab sources and run ``nbgrader generate_assignment`` for every lab into course_root/labs
-    (recording the labs in the gradebook ``db``, a throwaway one by default)."""
+def generate_labs(course_root: Path, db: Path | None = None, labs: list[str] | None = None) -> list[Path]:
+    """Sync lab sources and run ``nbgrader generate_assignment`` for every lab (or only ``labs``) into
+    course_root/labs (recording the labs in the gradebook ``db``, a throwaway one by default)."""
+    known = lab_ids(course_root)
+    unknown = sorted(set(labs or ()) - set(known))
+    if unknown:
+        raise ValueError(f"no lab {unknown} in {course_root / 'solutions'}; the labs are {known}")
     sync_lab_sources(course_root)
     out = []
-    for lab in lab_ids(course_root):
+    for lab in [lab for lab in known if labs is None or lab in labs]:
         nbgrader(["generate_assignment", lab, "--force"], course_root, db=db)
         out.append(course_root / "labs" / lab)
     return out
