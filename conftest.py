@@ -14,14 +14,14 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import matplotlib
 import pytest
 
-from llmcourse.nbtools import AVX2_DEMOS, AVX2_ENV, REPRODUCIBLE_ENV
+from coursekit.nbtools import AVX2_DEMOS, AVX2_ENV, REPRODUCIBLE_ENV
 
 # No test may wait on the network (the suite passes under `unshare -n`).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # nbval's kernels inherit this environment: hash strings and use as many torch threads as
-# `make notebooks` does (llmcourse.nbtools.kernel_env), or stored outputs reproduce only by chance.
+# `make notebooks` does (coursekit.nbtools.kernel_env), or stored outputs reproduce only by chance.
 os.environ.update(REPRODUCIBLE_ENV)
 
 # Figures drawn by package tests go nowhere. Not through MPLBACKEND: nbval kernels would inherit it
@@ -97,7 +97,7 @@ def group_cost(group: str) -> float:
         return 0.0
     import math
 
-    from llmcourse import nbtools
+    from coursekit import nbtools
 
     seconds = sum(s for s in nbtools.cell_seconds(nbtools.read_ipynb(path)) if not math.isnan(s)) + 3.0
     try:
@@ -158,7 +158,7 @@ def run_lab_in_process(lab_py: Path, answers: dict[str, str], run_tests: bool = 
     that the setup cell's ``quiet()`` sets hold during the run (as in a kernel) and are undone after it."""
     import warnings
 
-    from llmcourse import nbtools
+    from coursekit import nbtools
 
     space: dict = {"__name__": lab_py.stem}
     failed: set[str] = set()

@@ -2,7 +2,7 @@
 
 For every lab (and the grading tests' fixture lab), a class of ``--n`` submissions (default 30: the
 solution, the untouched release and the wrong submissions of ``tests/labs/<lab>.py``, in turn) is graded
-twice with ``llmcourse.grading`` on ``--jobs`` workers: once unsandboxed (``--sandbox none``: one process
+twice with ``coursekit.grading`` on ``--jobs`` workers: once unsandboxed (``--sandbox none``: one process
 per notebook with the same limits and the same in-process guard) and once in bubblewrap. The table shows
 the wall-clock time of each run, the median time of one notebook, the sandbox's overhead (goal: at most
 20%), and the median time to start one worker in each mode (the part of the overhead that does not
@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from llmcourse import grading, nbtools, sandbox
+from coursekit import grading, nbtools, sandbox
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURE = REPO / "tests" / "grading" / "fixture_course"

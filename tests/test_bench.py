@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from llmcourse import bench
+from coursekit import bench
 
 
 def test_time_script_reports_wall_and_cpu_time(tmp_path):

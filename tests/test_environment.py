@@ -67,7 +67,7 @@ def test_gpu_image_and_colab_versions_satisfy_ranges():
 
 def test_environment_yml_matches_lock():
     text = (REPO / "environment.yml").read_text()
-    assert "- -c constraints.txt" in text and "-e ./shared[course,dev]" in text
+    assert "- -c constraints.txt" in text and "-e ./shared[course,dev]" in text and "-e ./shared/coursekit" in text
     pins = {}
     with open(REPO / "constraints.txt") as fh:
         for line in fh:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from llmcourse import grading, nbtools, sandbox
+from coursekit import cgroups, grading, nbtools, sandbox
 
 from conftest import REPO
 
@@ -33,10 +33,25 @@ BWRAP_PROBLEM = sandbox.bwrap_problem()
 if BWRAP_PROBLEM:
     warnings.warn(f"\n\n{'!' * 78}\nNO SANDBOX FOR THE GRADING TESTS: {BWRAP_PROBLEM}\n"
                   f"The sandbox scenario is skipped; the others run unsandboxed.\n{'!' * 78}\n", stacklevel=1)
+_PROBE = cgroups.create(1 << 30, 64)  # which cgroup controllers this machine lets the grader use
+_PROBE.remove()
+CGROUP_MISSING = dict(_PROBE.missing)
+if CGROUP_MISSING:
+    warnings.warn(f"\n\n{'!' * 78}\nNO CGROUP CONTROLLERS {sorted(CGROUP_MISSING)} FOR THE GRADING TESTS: "
+                  f"{CGROUP_MISSING}\nThe scenarios that are only safe with them are skipped.\n{'!' * 78}\n",
+                  stacklevel=1)
+
+
+def runnable(scenario: scenarios.Scenario) -> bool:
+    """Whether this machine has what the scenario needs (bubblewrap, a cgroup controller)."""
+    return not (scenario.needs_bwrap and BWRAP_PROBLEM) and scenario.needs_cgroup not in CGROUP_MISSING
+
+
 HONEST = {"honest", "untouched", "honest_wrong", "edited_tests", "deleted_tests", "duplicated_cells", "infinite_loops",
           "memory_hog", "stderr_noise", "extra_files", "colab", "colab_wrong", "vscode"}
 # Short limits keep the loops and crashes quick; they are generous for cells that take milliseconds.
-OPTIONS = grading.Options(cell_timeout=4.0, notebook_timeout=90.0, memory_gib=2.0, jobs=2)
+OPTIONS = grading.Options(cell_timeout=10.0, notebook_timeout=90.0, memory_gib=2.0, processes=128, jobs=2,
+                          sandbox="none" if BWRAP_PROBLEM else "bwrap")
 
 
 def _sha(path: Path) -> str:
@@ -61,7 +76,7 @@ def batch(course, tmp_path_factory):
     ctx = scenarios.Context(json.loads((course / "labs" / LAB / f"{LAB}.ipynb").read_text()),
                             grading.answers_from_solution(FIXTURE / "solutions" / LAB / f"{LAB}.py"), targets)
     for student, scenario in scenarios.SCENARIOS.items():
-        if scenario.needs_bwrap and BWRAP_PROBLEM:
+        if not runnable(scenario):
             continue
         for name, data in scenario.build(ctx).items():
             (submissions / student).mkdir(parents=True, exist_ok=True)
@@ -92,8 +107,14 @@ def _check(result: grading.LabResult, scenario: scenarios.Scenario) -> None:
         assert not result.review, f"{result.student}: flagged for review: {result.review}"
 
 
-@pytest.mark.parametrize("student", [s for s, sc in scenarios.SCENARIOS.items() if not sc.needs_bwrap])
+@pytest.mark.parametrize("student", [s for s in scenarios.SCENARIOS if s != "sandbox_escape"])  # (tested below)
 def test_scenario(student, batch):
+    scenario = scenarios.SCENARIOS[student]
+    if scenario.needs_bwrap and BWRAP_PROBLEM:
+        pytest.skip(f"NO SANDBOX: {BWRAP_PROBLEM}")
+    if not runnable(scenario):
+        pytest.skip(f"{student} needs the cgroup controller {scenario.needs_cgroup}: "
+                    f"{CGROUP_MISSING.get(scenario.needs_cgroup)}")
     results, rows, *_ = batch
     scenario = scenarios.SCENARIOS[student]
     _check(results[student], scenario)
@@ -129,7 +150,7 @@ def test_notebook_wall_clock_cap(course, tmp_path):
     folder.mkdir(parents=True)
     for name, data in scenarios.CAP_SCENARIO.build(ctx).items():
         (folder / name).write_bytes(data)
-    options = grading.Options(cell_timeout=3.0, notebook_timeout=8.0, memory_gib=2.0, jobs=1)
+    options = grading.Options(cell_timeout=3.0, notebook_timeout=8.0, memory_gib=2.0, jobs=1, sandbox=OPTIONS.sandbox)
     (result,) = grading.grade_class(REPO, tmp_path / "subs", tmp_path / "out", options, course=course)
     _check(result, scenarios.CAP_SCENARIO)
     assert result.seconds < 8.0 + 15.0, f"the cap of 8 s was overrun: {result.seconds} s"
@@ -137,7 +158,7 @@ def test_notebook_wall_clock_cap(course, tmp_path):
 
 def test_every_student_gets_a_row_and_a_feedback_page_without_hidden_tests(batch):
     results, rows, out, *_ = batch
-    assert set(rows) == set(results) >= {s for s, sc in scenarios.SCENARIOS.items() if not sc.needs_bwrap}
+    assert set(rows) == set(results) >= {s for s, sc in scenarios.SCENARIOS.items() if runnable(sc)}
     source = nbtools.read_py(FIXTURE / "solutions" / LAB / f"{LAB}.py")
     hidden = [line.strip() for c in source.cells for block in c.source.split("### BEGIN HIDDEN TESTS")[1:]
               for line in block.split("### END HIDDEN TESTS")[0].splitlines() if len(line.strip()) > 20]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from llmcourse import grading, sandbox
+from coursekit import grading, sandbox
 
 from conftest import REPO
 
@@ -207,7 +207,7 @@ def test_guard_restores_patches_but_accepts_library_wrappers():
 
     import torch
 
-    from llmcourse import gradeworker
+    from coursekit import gradeworker
 
     guard = gradeworker.Guard({})
     guard.snapshot(["torch", "torch.testing"])

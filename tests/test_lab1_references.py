@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmcourse import attention, grading, nbtools, params, positional, transformer
+from coursekit import grading, nbtools
+from llmcourse import attention, params, positional, transformer
 
 from conftest import REPO, lab_spec, run_lab_in_process
 

@@ -18,7 +18,8 @@ import pytest
 import torch
 from torch import nn
 
-from llmcourse import grading, lora, nbtools
+from coursekit import grading, nbtools
+from llmcourse import lora
 from llmcourse import prompt_tuning as pt
 
 from conftest import REPO, lab_spec, run_lab_in_process

@@ -10,7 +10,7 @@ import warnings
 import pytest
 import torch
 
-from llmcourse import grading, nbtools
+from coursekit import grading, nbtools
 
 from conftest import REPO, lab_spec, run_lab_in_process
 

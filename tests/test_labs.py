@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from llmcourse import grading, nbtools
+from coursekit import grading, nbtools
 
 from conftest import REPO
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from llmcourse import nbtools
+from coursekit import nbtools
 
 from conftest import REPO, has_avx512
 
@@ -39,7 +39,7 @@ def test_pair_in_sync(py):
 @pytest.mark.parametrize("py", ALL, ids=_id)
 def test_colab_cells_current(py):
     text = py.read_text()
-    assert nbtools.stamp_text(py, text) == text, f"stale Colab cells: run `python -m llmcourse.nbtools stamp {_id(py)}`"
+    assert nbtools.stamp_text(py, text) == text, f"stale Colab cells: run `python -m coursekit.nbtools stamp {_id(py)}`"
 
 
 @pytest.mark.parametrize("py", DEMOS, ids=_id)

@@ -229,12 +229,12 @@ def zeropoint_dequantize(q, scale, zero_point):
 
 
 # %% nbgrader={"grade": true, "grade_id": "zeropoint_test", "locked": true, "points": 3, "schema_version": 3, "solution": false}
-x = torch.tensor([-0.5, 0.0, 0.25, 1.0, 2.0])  # lo = -0.5, hi = 2: s = 2.5 / 255, z = round(51) = 51
+x = torch.tensor([-0.5, 0.0, 0.3, 1.0, 2.0])  # lo = -0.5, hi = 2: s = 2.5 / 255, z = round(51) = 51; 0.3 / s = 30.6
 q, scale, zero_point = zeropoint_quantize(x)
 assert q.dtype == torch.uint8, f"q must be uint8, got {q.dtype}"
 expect_close(as_scalar(scale, "scale"), 2.5 / 255, "scale of the example")
 assert int(as_scalar(zero_point, "zero_point")) == 51, f"zero point of the example: {zero_point}, expected 51"
-expect_equal(q, torch.tensor([0, 51, 77, 153, 255]), "codes of the example")
+expect_equal(q, torch.tensor([0, 51, 82, 153, 255]), "codes of the example")
 x_hat = zeropoint_dequantize(q, scale, zero_point)
 assert x_hat[1] == 0, "the real number 0 must come back exactly as 0"
 expect_close(x_hat, x, "dequantized example", atol=float(as_scalar(scale, "scale")) / 2 + 1e-6)

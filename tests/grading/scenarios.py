@@ -4,7 +4,7 @@ the score it must get on every test cell and the words its reasons must contain.
 
 A scenario builds the files of one student's folder from the generated release notebook (JSON) and the
 solution's answers; ``tests/test_grading_scenarios.py`` grades them all in one batch through
-``llmcourse.grading.grade_class`` (the code behind ``make grade``) and checks every expectation.
+``coursekit.grading.grade_class`` (the code behind ``make grade``) and checks every expectation.
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ class Scenario:
     note: str = ""  # words one of the notes contains
     review: str = ""  # words one of the review flags contains
     needs_bwrap: bool = False
+    needs_cgroup: str = ""  # a cgroup controller the scenario is only safe with (a fork bomb needs pids)
 
 
 def notebook_only(answers: dict[str, str] | None = None, edit: Callable[[dict], None] | None = None):
@@ -129,6 +130,63 @@ MEMORY = {"softmax_answer": "def softmax(x, axis=-1):\n    blocks = []\n    whil
                             "        blocks.append(np.empty(1 << 24))  # 128 MiB more each time\n"}
 EXIT = {"count_answer": "import os\n\ndef count_params(d_in, d_out, bias=True):\n    os._exit(3)\n"}
 SEGFAULT = {"total_answer": "import faulthandler\n\ndef running_total(xs):\n    faulthandler._sigsegv()\n"}
+
+# 5b. Hostile neighbours: a fork bomb, memory spread over child processes (each under the per-process
+# limit), and a disk filler. Each answer still works, and fails its test only if the limit it runs into
+# was missing; the honest submissions graded beside them keep full marks.
+FORK_BOMB = {"count_answer": (
+    "import os, time\n"
+    "_forks = 0\n"
+    "while _forks < 600:\n"
+    "    try:\n"
+    "        _pid = os.fork()\n"
+    "    except OSError:  # the notebook's process limit\n"
+    "        break\n"
+    "    if _pid == 0:\n"
+    "        time.sleep(3)\n"
+    "        os._exit(0)\n"
+    "    _forks += 1\n\n"
+    "def count_params(d_in, d_out, bias=True):\n"
+    "    if _forks >= 600:\n"
+    "        raise RuntimeError('no process limit: 600 processes started')\n"
+    "    return d_in * d_out + (d_out if bias else 0)\n")}
+MEMORY_CHILDREN = {"softmax_answer": (
+    "import os, signal\n"
+    "_children = []\n"
+    "for _ in range(3):  # 3 x 1 GiB at once, each child under the 2 GiB per-process limit\n"
+    "    _pid = os.fork()\n"
+    "    if _pid == 0:\n"
+    "        try:\n"
+    "            _blocks = [np.ones(16 << 20) for _ in range(8)]  # 8 x 128 MiB, touched\n"
+    "        except MemoryError:\n"
+    "            os._exit(3)\n"
+    "        os._exit(0)\n"
+    "    _children.append(_pid)\n"
+    "_statuses = [os.waitpid(_pid, 0)[1] for _pid in _children]\n"
+    "_killed = sum(os.WIFSIGNALED(s) and os.WTERMSIG(s) == signal.SIGKILL for s in _statuses)\n\n"
+    "def softmax(x, axis=-1):\n"
+    "    if not _killed:\n"
+    "        raise RuntimeError(f'no memory limit across processes: 3 GiB in 3 children ({_statuses})')\n"
+    "    e = np.exp(x - x.max(axis=axis, keepdims=True))\n"
+    "    return e / e.sum(axis=axis, keepdims=True)\n")}
+DISK_FILLER = {"total_answer": (
+    "_written = 0\n"
+    "try:\n"
+    "    for _i in range(40):  # 2.5 GiB in 64 MiB files\n"
+    "        with open(f'filler_{_i}.bin', 'wb') as _f:\n"
+    "            for _ in range(64):\n"
+    "                _f.write(bytes(1 << 20))\n"
+    "                _written += 1 << 20\n"
+    "except OSError:  # no space left: the notebook's disk limit\n"
+    "    pass\n\n"
+    "def running_total(xs):\n"
+    "    if _written >= 40 * 64 << 20:\n"
+    "        raise RuntimeError('no disk limit: 2.5 GiB written')\n"
+    "    out, total = [], 0\n"
+    "    for x in xs:\n"
+    "        total += x\n"
+    "        out.append(total)\n"
+    "    return out\n")}
 
 # 6. Library noise on stderr inside graded calls: a progress bar, warnings, logging, raw fd 2.
 NOISE = {
@@ -328,6 +386,9 @@ SCENARIOS: dict[str, Scenario] = {
                                reasons={"count_test": "timed out", "mask_test": "NameError"}),
     "memory_hog": Scenario(5, notebook_only(MEMORY), scores(softmax_test=0.0, softmax_axis_test=0.0),
                            reasons={"softmax_test": "memory"}),
+    "fork_bomb": Scenario(5, notebook_only(FORK_BOMB), FULL, needs_cgroup="pids"),
+    "memory_in_children": Scenario(5, notebook_only(MEMORY_CHILDREN), FULL, needs_cgroup="memory"),
+    "disk_filler": Scenario(5, notebook_only(DISK_FILLER), FULL, needs_bwrap=True),
     "os_exit": Scenario(5, notebook_only(EXIT), scores(count_test=0.0), reasons={"count_test": "exit code 3"}),
     "segfault": Scenario(5, notebook_only(SEGFAULT), scores(total_test=0.0),
                          reasons={"total_test": "segmentation fault"}),

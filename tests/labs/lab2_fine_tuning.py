@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llmcourse import grading
+from coursekit import grading
 
 LAB = "lab2_fine_tuning"
 SOLUTION = grading.answers_from_solution(Path(__file__).resolve().parents[2] / "solutions" / LAB / f"{LAB}.py")

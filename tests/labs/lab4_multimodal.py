@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llmcourse import grading
+from coursekit import grading
 
 LAB = "lab4_multimodal"
 SOLUTION = grading.answers_from_solution(Path(__file__).resolve().parents[2] / "solutions" / LAB / f"{LAB}.py")

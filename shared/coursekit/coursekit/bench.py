@@ -4,7 +4,7 @@
 2. every lab's solution notebook executed (budget: ``LAB_BUDGET_S``);
 3. every benchmark script ``benchmarks/bench_*.py`` (each prints its own table).
 
-    python -m llmcourse.bench [--only demos|labs|scripts] [--filter SUBSTRING]
+    python -m coursekit.bench [--only demos|labs|scripts] [--filter SUBSTRING]
 """
 
 from __future__ import annotations
@@ -69,13 +69,13 @@ def _row(name: str, seconds: float, budget: float | None, error: str, cpu: float
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m llmcourse.bench")
+    parser = argparse.ArgumentParser(prog="python -m coursekit.bench")
     parser.add_argument("--only", choices=["demos", "labs", "scripts"])
     parser.add_argument("--filter", default="")
     args = parser.parse_args(argv)
     root = nbtools.root()
     os.environ.update(_env())
-    print(f"llmcourse bench on {platform.node()} ({os.cpu_count()} CPUs, Python {platform.python_version()})")
+    print(f"coursekit bench on {platform.node()} ({os.cpu_count()} CPUs, Python {platform.python_version()})")
     over = 0
     if args.only in (None, "demos"):
         print(f"\nDemo notebooks, each run as a plain script (wall time; cpu = all threads, {os.cpu_count()} cores):")

@@ -2,8 +2,8 @@
 
 With bubblewrap (``bwrap``, Debian package ``bubblewrap``) the process gets new namespaces (no network,
 its own process tree, no capabilities) and a filesystem that holds only what it needs, read-only: the
-operating system's libraries, the Python installation and virtual environment, the ``llmcourse``
-package, and the course's model cache. Its one writable folder is its own scratch folder (plus an empty
+operating system's libraries, the Python installation and virtual environment, the course's
+packages, and the model cache. Its one writable folder is its own scratch folder (plus an empty
 ``/tmp``). The instructor's solutions, the hidden tests, the gradebook, the grades and the other students'
 submissions are simply not there. Resource limits cap memory (address space), file sizes and core dumps;
 the grader adds a wall-clock limit and kills the whole process tree.
@@ -11,7 +11,7 @@ the grader adds a wall-clock limit and kills the whole process tree.
 Without bubblewrap (``mode="none"``, or ``"auto"`` when it is missing) the process still runs on its own
 with the same resource limits, but sees the whole filesystem: the grader then says so loudly.
 
-    python -m llmcourse.sandbox            # report whether the sandbox works here
+    python -m coursekit.sandbox            # report whether the sandbox works here
 """
 
 from __future__ import annotations
@@ -34,13 +34,18 @@ TMP_BYTES = 1 * GIB  # the sandbox's /tmp lives in memory: cap it
 class Limits:
     """Resource limits of one sandboxed process."""
 
-    memory_bytes: int = 4 * GIB  # address space (RLIMIT_AS): torch alone reserves about 0.7 GiB
+    memory_bytes: int = 4 * GIB  # address space (RLIMIT_AS) and, in the cgroup, all processes together
     file_bytes: int = 1 * GIB  # largest file it may write (RLIMIT_FSIZE)
     open_files: int = 1024
+    processes: int = 256  # tasks (processes and threads) of the whole notebook: cgroup pids.max, RLIMIT_NPROC
+    disk_bytes: int = 1 * GIB  # what it may write to its home folder (a tmpfs in bwrap, watched without)
 
     def __post_init__(self):
         if self.memory_bytes < GIB // 2:
             raise ValueError(f"memory_bytes ({self.memory_bytes}) must be at least 512 MiB: Python and torch need it")
+        if self.processes < 16 or self.disk_bytes < 1 << 20:
+            raise ValueError(f"processes ({self.processes}) must be at least 16 (torch starts threads) and "
+                             f"disk_bytes ({self.disk_bytes}) at least 1 MiB")
 
 
 def bwrap_problem() -> str:
@@ -56,7 +61,8 @@ def bwrap_problem() -> str:
 
 
 def resolve_mode(mode: str) -> tuple[str, str]:
-    """``auto`` | ``bwrap`` | ``none`` -> (the mode used, a warning or '')."""
+    """``auto`` | ``bwrap`` | ``none`` -> (the mode used, a warning or ''). ``auto`` is bwrap when it works
+    and a RuntimeError saying why when it does not: grading without a sandbox takes an explicit ``none``."""
     if mode not in ("auto", "bwrap", "none"):
         raise ValueError(f"sandbox mode ({mode!r}) must be 'auto', 'bwrap' or 'none'")
     if mode == "none":
@@ -66,17 +72,16 @@ def resolve_mode(mode: str) -> tuple[str, str]:
         return "bwrap", ""
     if mode == "bwrap":
         raise RuntimeError(problem)
-    return "none", (f"NO SANDBOX: {problem}. Each notebook still runs in its own process with memory and time "
-                    "limits, but student code can read the hidden tests and other submissions.")
+    raise RuntimeError(f"no sandbox: {problem}. Without it student code can read the hidden tests and the "
+                       "other submissions; to grade anyway, say so: --sandbox none (make grade GRADE_ARGS=\"--sandbox none\")")
 
 
 def readonly_paths() -> list[Path]:
-    """What a worker needs to see: the Python installation, the virtual environment, this package,
-    and the course's model cache (when it exists)."""
-    import llmcourse
-
-    paths = {Path(sys.base_prefix), Path(sys.prefix), Path(llmcourse.__file__).resolve().parent,
-             Path(os.path.realpath(sys.executable)).parent.parent}
+    """What a worker needs to see: the Python installation, the virtual environment, the course's two
+    packages (the student library ``llmcourse`` and this one, where the worker lives), and the course's
+    model cache (when it exists)."""
+    paths = {Path(sys.base_prefix), Path(sys.prefix), Path(os.path.realpath(sys.executable)).parent.parent}
+    paths |= {package_dir(name) for name in ("llmcourse", "coursekit")} - {None}
     paths |= {Path(sysconfig.get_paths()[k]) for k in ("stdlib", "purelib", "platlib")}
     cache = os.environ.get("LLMCOURSE_CACHE") or Path.home() / ".cache" / "llmcourse"
     if Path(cache).is_dir():
@@ -85,6 +90,16 @@ def readonly_paths() -> list[Path]:
     # Drop paths inside another one, and /usr (bound on its own).
     return [p for p in keep if not any(q != p and q in p.parents for q in keep) and p != Path("/usr")
             and Path("/usr") not in p.parents]
+
+
+def package_dir(name: str) -> Path | None:
+    """The folder of an installed top-level package, found without importing it (importing ``llmcourse``
+    would load torch); None when it is not installed."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(name)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    return Path(locations[0]).resolve() if locations else None
 
 
 def _system_binds() -> list[str]:
@@ -101,9 +116,14 @@ def _system_binds() -> list[str]:
     return args
 
 
-def command(inner: list[str], workdir: Path, mode: str) -> tuple[list[str], str]:
+WRITABLE = (".worker.log",)  # the files of the scratch folder the process may write (bound read-write)
+
+
+def command(inner: list[str], workdir: Path, mode: str, home_bytes: int = 1 * GIB) -> tuple[list[str], str]:
     """The argv that runs ``inner`` confined (``mode`` from :func:`resolve_mode`) and its working folder
-    as the process sees it."""
+    as the process sees it. In bwrap that folder is a tmpfs of ``home_bytes`` (what the notebook writes
+    never reaches the grading machine's disk) holding, read-only, what ``workdir`` holds now (the lab's
+    data files), and the files named in WRITABLE read-write."""
     if mode == "none":
         return inner, str(workdir)
     args = ["bwrap", "--die-with-parent", "--new-session", "--unshare-all", "--cap-drop", "ALL",
@@ -112,16 +132,56 @@ def command(inner: list[str], workdir: Path, mode: str) -> tuple[list[str], str]
     args += ["--ro-bind-try", "/sys/devices/system/cpu", "/sys/devices/system/cpu"]
     for path in readonly_paths():
         args += ["--ro-bind", str(path), str(path)]
-    args += ["--bind", str(workdir), HOME, "--chdir", HOME, "--"]
+    args += ["--size", str(home_bytes), "--tmpfs", HOME]
+    for item in sorted(workdir.iterdir()):
+        args += ["--bind" if item.name in WRITABLE else "--ro-bind", str(item), f"{HOME}/{item.name}"]
+    args += ["--chdir", HOME, "--"]
     return args + inner, HOME
 
 
-def limit_resources(limits: Limits):
-    """A ``preexec_fn`` that applies ``limits`` in the child before it execs."""
+def tree_bytes(path: Path, stop_at: int | None = None) -> int:
+    """Bytes of the files under ``path`` (allocated blocks, so sparse files count what they use); stops
+    counting once past ``stop_at``."""
+    total = 0
+    for folder, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(folder, name)).st_blocks * 512
+            except OSError:
+                continue
+            if stop_at is not None and total > stop_at:
+                return total
+    return total
+
+
+def user_processes(uid: int | None = None) -> int:
+    """How many processes (threads included) the user ``uid`` runs now: what RLIMIT_NPROC counts."""
+    uid = os.getuid() if uid is None else uid
+    count = 0
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                if entry.stat().st_uid == uid:
+                    count += len(os.listdir(f"/proc/{entry.name}/task"))
+            except OSError:
+                continue
+    return count
+
+
+def limit_resources(limits: Limits, group=None):
+    """A ``preexec_fn`` that moves the child into ``group`` (a :class:`coursekit.cgroups.CGroup`, or None)
+    and applies ``limits`` before it execs. Without a pids controller the process count is capped by
+    RLIMIT_NPROC instead, which counts all of the user's processes (so it is set to those running now plus
+    ``limits.processes``) and does not bind root."""
+    rules = [(resource.RLIMIT_AS, limits.memory_bytes), (resource.RLIMIT_FSIZE, limits.file_bytes),
+             (resource.RLIMIT_CORE, 0), (resource.RLIMIT_NOFILE, limits.open_files)]
+    if (group is None or "pids" not in group.dirs) and os.getuid() != 0:
+        rules.append((resource.RLIMIT_NPROC, user_processes() + limits.processes))
 
     def apply() -> None:
-        for which, value in ((resource.RLIMIT_AS, limits.memory_bytes), (resource.RLIMIT_FSIZE, limits.file_bytes),
-                             (resource.RLIMIT_CORE, 0), (resource.RLIMIT_NOFILE, limits.open_files)):
+        if group is not None:
+            group.enter()
+        for which, value in rules:
             soft, hard = resource.getrlimit(which)
             value = value if hard == resource.RLIM_INFINITY else min(value, hard)
             resource.setrlimit(which, (value, value))

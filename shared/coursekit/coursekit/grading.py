@@ -1,7 +1,8 @@
 """Autograding that survives a real class: ``make grade SUBMISSIONS=<folder or zip>``.
 
-    python -m llmcourse.grading SUBMISSIONS [--out grades] [--jobs N] [--sandbox auto|bwrap|none]
-                                [--cell-timeout S] [--notebook-timeout S] [--memory GIB] [--lab LAB]
+    python -m coursekit.grading SUBMISSIONS [--out grades] [--jobs N] [--sandbox auto|bwrap|none]
+                                [--cell-timeout S] [--notebook-timeout S] [--memory GIB]
+                                [--disk GIB] [--processes N] [--lab LAB]
 
 writes ``grades/grades.csv`` (one row per student and lab: total, points per test cell, status, the
 reason of every lost point, review flags) and ``grades/feedback/<student>/<lab>.html`` (per-part results
@@ -18,10 +19,11 @@ How a notebook is graded (nbgrader's course layout: ``solutions/`` is the source
    emptied, turned into markdown, deleted, metadata stripped); the student contributes only the answer
    cells (matched by nbgrader ``grade_id``) and the cells they added (kept in place, after the instructor
    cell they follow). Duplicated cells are reduced to one (the last edited copy).
-3. **Run** it in a sandboxed worker process (``llmcourse.sandbox``, ``llmcourse.gradeworker``): no
-   network, a read-only view of only Python and the course package, memory and time limits. Cells go to
-   the worker one at a time; a test cell's hidden part only after its visible part passed. A cell that
-   runs past ``--cell-timeout`` or kills the process (segfault, ``os._exit``, memory) fails with that
+3. **Run** it in a sandboxed worker process (``coursekit.sandbox``, ``coursekit.gradeworker``): no
+   network, a read-only view of only Python and the course's packages, a home folder in memory, a cgroup
+   of its own (memory of all its processes, their number, a CPU share: ``coursekit.cgroups``), time
+   limits. Cells go to the worker one at a time; a test cell's hidden part only after its visible part
+   passed. A cell that runs past ``--cell-timeout`` or kills the process (segfault, ``os._exit``, memory) fails with that
    reason; the worker is restarted, the cells before it are replayed, and grading goes on with the next
    cell, so the points earned elsewhere are kept. The whole notebook has a wall-clock cap.
 4. **Score**: a test cell earns its points when it runs without an exception. Output on stderr (progress
@@ -56,7 +58,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import nbtools, sandbox
+from . import cgroups, nbtools, sandbox
 
 _MARKER = re.compile(r"^[ \t]*### (BEGIN|END) (SOLUTION|HIDDEN TESTS)[ \t]*\n?", re.M)
 _HIDDEN = re.compile(r"^[ \t]*### (BEGIN|END) HIDDEN TESTS[ \t]*$")
@@ -80,6 +82,7 @@ class LabResult:
     answers: dict[str, str] = field(default_factory=dict)  # answer grade_id -> the code that was graded
     seconds: float = 0.0
     sandbox: str = ""
+    isolation: str = ""  # the notebook's cgroup (coursekit.cgroups.CGroup.description)
 
     @property
     def total(self) -> float:
@@ -96,7 +99,10 @@ class Options:
 
     cell_timeout: float = 120.0  # seconds one cell may run (nbgrader_config.py's Execute.timeout)
     notebook_timeout: float = 600.0  # wall-clock cap of one notebook, restarts included
-    memory_gib: float = 4.0  # address-space limit of one worker
+    memory_gib: float = 4.0  # memory of one notebook: address space per process, all processes in its cgroup
+    disk_gib: float = 1.0  # what one notebook may write (its home folder)
+    processes: int = 256  # processes and threads of one notebook (cgroup pids.max, else RLIMIT_NPROC)
+    cgroup: bool = True  # put each notebook in its own cgroup where this machine allows (coursekit.cgroups)
     jobs: int = 0  # notebooks graded at once (0: one per CPU)
     sandbox: str = "auto"  # "auto" (bwrap when it works), "bwrap" (required) or "none"
     max_restarts: int = 4  # crashes or timeouts per notebook before the rest is given up
@@ -107,6 +113,12 @@ class Options:
                              f"({self.notebook_timeout})")
         if self.jobs < 0:
             raise ValueError(f"jobs ({self.jobs}) must be >= 0")
+        _ = self.limits  # validates memory, processes and disk (ValueError naming the value)
+
+    @property
+    def limits(self) -> sandbox.Limits:
+        return sandbox.Limits(memory_bytes=int(self.memory_gib * sandbox.GIB), processes=self.processes,
+                              disk_bytes=int(self.disk_gib * sandbox.GIB))
 
     @property
     def workers(self) -> int:
@@ -475,15 +487,21 @@ _SIGNALS = {signal.SIGSEGV: "a segmentation fault (SIGSEGV)", signal.SIGKILL: "S
 
 
 class Worker:
-    """One sandboxed ``llmcourse.gradeworker`` process and its signed reply channel."""
+    """One sandboxed ``coursekit.gradeworker`` process and its signed reply channel."""
 
     def __init__(self, spec: LabSpec, workdir: Path, options: Options, mode: str):
         self.key = secrets.token_bytes(32)
         self.log = workdir / ".worker.log"
+        self.log.touch()
+        self.workdir, self.mode = workdir, mode
+        limits = options.limits
+        # Without bwrap the home folder is the grading machine's disk: watched from here (see receive).
+        self.disk_limit = limits.disk_bytes if mode == "none" else None
+        self._disk_checked = 0.0
+        self.cgroup = cgroups.create(limits.memory_bytes, limits.processes) if options.cgroup else cgroups.CGroup()
         flag = ["-I"] if sys.version_info < (3, 11) else ["-s", "-P"]
-        # Run by path: importing the llmcourse package would load torch in every worker.
-        inner = [sys.executable, *flag, str(Path(__file__).with_name("gradeworker.py"))]
-        argv, inside = sandbox.command(inner, workdir, mode)
+        inner = [sys.executable, *flag, "-m", "coursekit.gradeworker"]  # coursekit is torch-free
+        argv, inside = sandbox.command(inner, workdir, mode, home_bytes=limits.disk_bytes)
         threads = str(max(1, (os.cpu_count() or 1) // options.workers))
         env = {
             "PATH": os.path.dirname(sys.executable) + os.pathsep + "/usr/local/bin:/usr/bin:/bin",
@@ -496,10 +514,14 @@ class Worker:
         }
         if os.environ.get("OMP_WAIT_POLICY"):  # PASSIVE on a machine busy with more (the test suite)
             env["OMP_WAIT_POLICY"] = os.environ["OMP_WAIT_POLICY"]
-        self.proc = subprocess.Popen(
-            argv, cwd=workdir, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(self.log, "ab"),
-            preexec_fn=sandbox.limit_resources(sandbox.Limits(memory_bytes=int(options.memory_gib * sandbox.GIB))),
-            start_new_session=True, close_fds=True)
+        try:
+            self.proc = subprocess.Popen(
+                argv, cwd=workdir, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=open(self.log, "ab"), preexec_fn=sandbox.limit_resources(limits, self.cgroup),
+                start_new_session=True, close_fds=True)
+        except BaseException:
+            self.cgroup.remove()
+            raise
         self.buffer = b""
         self._send({"op": "init", "key": self.key.hex(), "preload": spec.preload, "answer_names": spec.answer_names})
 
@@ -526,11 +548,22 @@ class Worker:
                 if left <= 0:
                     self.kill()
                     raise WorkerDied(f"timed out after {timeout:.0f} s (an infinite loop, or far too slow)")
-                if sel.select(left):
+                self._check_disk()
+                if sel.select(min(left, 0.5) if self.disk_limit else left):
                     chunk = os.read(fd, 1 << 16)
                     if not chunk:
                         raise WorkerDied(self._death())
                     self.buffer += chunk
+
+    def _check_disk(self) -> None:
+        """Without bwrap: stop a notebook that has written more than its disk limit (checked twice a second)."""
+        if self.disk_limit is None or time.monotonic() - self._disk_checked < 0.5:
+            return
+        self._disk_checked = time.monotonic()
+        if sandbox.tree_bytes(self.workdir, stop_at=self.disk_limit) > self.disk_limit:
+            self.kill()
+            raise WorkerDied(f"wrote more than {self.disk_limit / sandbox.GIB:g} GiB to its folder (the limit is set "
+                             "with --disk)")
 
     def _verify(self, line: bytes) -> dict | None:
         mac, _, body = line.partition(b" ")
@@ -571,6 +604,7 @@ class Worker:
             except (ProcessLookupError, PermissionError):
                 self.proc.kill()
             self.proc.wait()
+        self.cgroup.kill()  # what left the process group (setsid) or outlived the sandbox
 
     def close(self) -> None:
         try:
@@ -579,6 +613,7 @@ class Worker:
         except (WorkerDied, subprocess.TimeoutExpired):
             pass
         self.kill()
+        self.cgroup.remove()
         for stream in (self.proc.stdin, self.proc.stdout):
             try:
                 stream.close()
@@ -650,6 +685,7 @@ def _execute(spec, steps, workdir, options, mode, start, result) -> dict[int, di
             try:
                 if worker is None:
                     worker = Worker(spec, workdir, options, mode)
+                    result.isolation = worker.cgroup.description
                     worker.receive(min(left, max(60.0, options.cell_timeout)))  # ready
                     for j in range(i):  # replay what ran before, so that the next cells find their state
                         if j in outcomes and not outcomes[j].get("died"):
@@ -868,7 +904,7 @@ def collect(submissions: Path, labs: list[str], workdir: Path, only: str | None 
 # ----------------------------------------------------------------------------- reports
 def write_csv(results: list[LabResult], path: Path, specs: dict[str, LabSpec]) -> None:
     columns = [c.grade_id for spec in specs.values() for c in spec.tests]
-    fields = ["student", "lab", "score", "max_score", *columns, "status", "reasons", "review", "sandbox", "seconds"]
+    fields = ["student", "lab", "score", "max_score", *columns, "status", "reasons", "review", "sandbox", "isolation", "seconds"]
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
@@ -878,7 +914,7 @@ def write_csv(results: list[LabResult], path: Path, specs: dict[str, LabSpec]) -
                              **{gid: _num(v) for gid, v in r.scores.items()},
                              "status": f"error: {r.error}" if r.error else "graded",
                              "reasons": "; ".join(f"{gid}: {why}" for gid, why in r.reasons.items()),
-                             "review": "; ".join(r.review), "sandbox": r.sandbox, "seconds": r.seconds})
+                             "review": "; ".join(r.review), "sandbox": r.sandbox, "isolation": r.isolation, "seconds": r.seconds})
 
 
 def _num(x: float) -> str:
@@ -978,7 +1014,7 @@ def grade_class(repo: Path, submissions: Path, out: Path, options: Options | Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m llmcourse.grading", description="Grade a class of notebooks.")
+    parser = argparse.ArgumentParser(prog="python -m coursekit.grading", description="Grade a class of notebooks.")
     parser.add_argument("submissions", type=Path, help="a folder of student notebooks, or a .zip of one")
     parser.add_argument("--out", type=Path, default=Path("grades"), help="where grades.csv and feedback/ go")
     parser.add_argument("--lab", help="grade every notebook as this lab (when file names do not say)")
@@ -987,9 +1023,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cell-timeout", type=float, help="seconds per cell (default: nbgrader_config.py)")
     parser.add_argument("--notebook-timeout", type=float, default=600.0, help="seconds per notebook")
     parser.add_argument("--memory", type=float, default=4.0, help="GiB of memory per notebook")
+    parser.add_argument("--disk", type=float, default=1.0, help="GiB a notebook may write")
+    parser.add_argument("--processes", type=int, default=256, help="processes and threads per notebook")
     args = parser.parse_args(argv)
     repo = nbtools.root()
-    overrides = dict(notebook_timeout=args.notebook_timeout, memory_gib=args.memory, jobs=args.jobs,
+    overrides = dict(notebook_timeout=args.notebook_timeout, memory_gib=args.memory, disk_gib=args.disk, processes=args.processes, jobs=args.jobs,
                      sandbox=args.sandbox)
     if args.cell_timeout:
         overrides["cell_timeout"] = args.cell_timeout

@@ -9,11 +9,11 @@ Every notebook is authored as a jupytext percent ``.py`` file paired with an ``.
 
 Command line (what the Makefile calls)::
 
-    python -m llmcourse.nbtools execute [PATHS...]   # default: every demo
-    python -m llmcourse.nbtools text [PATHS...]      # copy edited markdown into the .ipynb, keep outputs
-    python -m llmcourse.nbtools stamp [PATHS...]     # refresh Colab badge + setup cell in the .py files
-    python -m llmcourse.nbtools labs                 # sync lab sources, regenerate labs/
-    python -m llmcourse.nbtools check                # report pairs out of sync and stale stamps
+    python -m coursekit.nbtools execute [PATHS...]   # default: every demo
+    python -m coursekit.nbtools text [PATHS...]      # copy edited markdown into the .ipynb, keep outputs
+    python -m coursekit.nbtools stamp [PATHS...]     # refresh Colab badge + setup cell in the .py files
+    python -m coursekit.nbtools labs                 # sync lab sources, regenerate labs/
+    python -m coursekit.nbtools check                # report pairs out of sync and stale stamps
 """
 
 from __future__ import annotations
@@ -354,12 +354,12 @@ def problems(base: Path | None = None) -> list[str]:
         if cell_signature(read_py(py)) != cell_signature(read_ipynb(ipynb)):
             out.append(f"{py} and {ipynb.name} are out of sync (run `make notebooks NB={py}` or `make labs`)")
         if stamp_text(py, py.read_text()) != py.read_text():
-            out.append(f"{py}: Colab cells are stale (run `python -m llmcourse.nbtools stamp {py}`)")
+            out.append(f"{py}: Colab cells are stale (run `python -m coursekit.nbtools stamp {py}`)")
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m llmcourse.nbtools", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m coursekit.nbtools", description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=["execute", "text", "stamp", "labs", "check"])
     parser.add_argument("paths", nargs="*", type=Path)
     parser.add_argument("--force", action="store_true",

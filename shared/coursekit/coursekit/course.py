@@ -1,7 +1,7 @@
 """Facts about the course itself: where it lives and what it contains.
 
 The repository URL lives here and only here. The "Open in Colab" badge and the setup cell at the top of
-every notebook are generated from it by ``python -m llmcourse.nbtools stamp`` (a test checks that every
+every notebook are generated from it by ``python -m coursekit.nbtools stamp`` (a test checks that every
 notebook carries the current version), so a fork changes this one line and re-runs the stamp.
 """
 
@@ -15,7 +15,7 @@ BRANCH = "main"
 
 def repo_root() -> Path:
     """The checkout this package was installed from (editable installs), else the current directory."""
-    here = Path(__file__).resolve().parent.parent.parent
+    here = Path(__file__).resolve().parents[3]  # shared/coursekit/coursekit/course.py
     return here if (here / "nbgrader_config.py").exists() else Path.cwd()
 
 

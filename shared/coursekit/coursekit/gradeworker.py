@@ -1,7 +1,7 @@
-"""The process that runs one student's notebook for the autograder (see ``llmcourse.grading``).
+"""The process that runs one student's notebook for the autograder (see ``coursekit.grading``).
 
-It is started inside the sandbox (``llmcourse.sandbox``) as ``python -s -P path/to/gradeworker.py`` (by
-path, so that torch is only imported when the lab needs it) and talks to the grader over its standard
+It is started inside the sandbox (``coursekit.sandbox``) as ``python -s -P -m coursekit.gradeworker``
+(coursekit never imports torch: a lab that needs torch imports it in its own cells) and talks to the grader over its standard
 input (requests, one JSON object a line) and a private copy of its standard output (signed replies). Its
 file descriptors 1 and 2 go to a log file, so output written by C code or ``os.write`` can never be taken
 for a reply.
@@ -68,10 +68,13 @@ class TamperError(AssertionError):
 
 def _trusted_prefixes() -> tuple[str, ...]:
     """Folders whose Python files are trusted library code (read-only inside the sandbox)."""
+    import importlib.util
     import sysconfig
 
     paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.abspath(__file__))}
     paths |= {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    spec = importlib.util.find_spec("llmcourse")  # the student library, wherever it is installed (not imported)
+    paths |= set(spec.submodule_search_locations or ()) if spec else set()
     return tuple(sorted(os.path.realpath(p) + os.sep for p in paths))
 
 
