@@ -9,6 +9,7 @@ import os
 import resource
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -18,30 +19,48 @@ V1 = "8:pids:/\n4:memory:/jobs/42\n1:cpu,cpuacct:/\n0::/\n"
 V2 = "0::/user.slice/grader.scope\n"
 
 
+def _mountinfo(root, entries) -> str:
+    """A /proc/self/mountinfo with one line per (fstype, options, root inside the hierarchy, mount point)."""
+    return "".join(f"{30 + i} 23 0:{40 + i} {inner} {root / point} rw,relatime - {kind} {kind} rw,{options}\n"
+                   for i, (kind, options, inner, point) in enumerate(entries))
+
+
 def _fake_v1(root):
-    for name in ("pids", "memory", "cpu,cpuacct"):
+    for name in ("pids", "memory/jobs/42", "cpu,cpuacct"):
         (root / name).mkdir(parents=True)
-    (root / "memory" / "jobs" / "42").mkdir(parents=True)
-    return root
+    info = _mountinfo(root, [("cgroup", "pids", "/", "pids"), ("cgroup", "memory", "/", "memory"),
+                             ("cgroup", "cpu,cpuacct", "/", "cpu,cpuacct")])
+    return root, info
 
 
 def test_own_groups_reads_v1_and_v2_hierarchies(tmp_path):
-    root = _fake_v1(tmp_path / "v1")
-    assert cgroups.own_groups(V1, root) == {"pids": ("v1", root / "pids"), "memory": ("v1", root / "memory" / "jobs" / "42"),
+    root, info = _fake_v1(tmp_path / "v1")
+    assert cgroups.own_groups(V1, info) == {"pids": ("v1", root / "pids"),
+                                            "memory": ("v1", root / "memory" / "jobs" / "42"),
                                             "cpu": ("v1", root / "cpu,cpuacct")}
     unified = tmp_path / "v2"
-    (unified / "user.slice" / "grader.scope").mkdir(parents=True)
-    (unified / "cgroup.controllers").write_text("cpu memory pids io\n")
-    (unified / "user.slice" / "grader.scope" / "cgroup.controllers").write_text("memory pids\n")
     base = unified / "user.slice" / "grader.scope"
-    assert cgroups.own_groups(V2, unified) == {"memory": ("v2", base), "pids": ("v2", base)}
+    base.mkdir(parents=True)
+    (base / "cgroup.controllers").write_text("memory pids\n")
+    info = _mountinfo(tmp_path, [("cgroup2", "nsdelegate", "/", "v2")])
+    assert cgroups.own_groups(V2, info) == {"memory": ("v2", base), "pids": ("v2", base)}
+
+
+def test_own_groups_inside_a_container_strips_the_mount_root(tmp_path):
+    """Docker without a cgroup namespace: /proc/self/cgroup says /docker/abc, and /sys/fs/cgroup/memory
+    already is that group (the mount's root is /docker/abc)."""
+    (tmp_path / "memory").mkdir()
+    info = _mountinfo(tmp_path, [("cgroup", "memory", "/docker/abc", "memory")])
+    assert cgroups.own_groups("4:memory:/docker/abc\n", info) == {"memory": ("v1", tmp_path / "memory")}
+    assert cgroups.own_groups("4:memory:/elsewhere\n", info) == {}  # outside what is mounted: unusable
 
 
 def test_create_sets_every_limit_and_says_what_is_missing(tmp_path):
-    root = _fake_v1(tmp_path)
-    group = cgroups.create(3 << 30, 99, name="nb", groups=cgroups.own_groups(V1, root))
+    root, info = _fake_v1(tmp_path)
+    group = cgroups.create(3 << 30, 99, name="nb", groups=cgroups.own_groups(V1, info))
     assert not group.missing and group.description == "cgroup v1: memory, pids, cpu"
     assert (root / "memory" / "jobs" / "42" / "nb" / "memory.limit_in_bytes").read_text() == str(3 << 30)
+    assert not (root / "memory" / "jobs" / "42" / "nb" / "memory.memsw.limit_in_bytes").exists()  # no swap accounting
     assert (root / "pids" / "nb" / "pids.max").read_text() == "99"
     assert (root / "cpu,cpuacct" / "nb" / "cpu.shares").read_text() == str(cgroups.CPU_SHARES)
     partial = cgroups.create(1 << 30, 64, name="p", groups={"pids": ("v1", root / "pids")})
@@ -65,9 +84,11 @@ def test_a_v2_parent_that_cannot_delegate_leaves_the_controller_out(tmp_path):
         assert not group.dirs and "pids" in group.missing and not (base / "nb").exists()
 
 
-@pytest.mark.skipif("pids" in cgroups.create(1 << 30, 64).missing, reason="no writable pids controller here")
 def test_a_real_group_caps_processes_and_is_removed(tmp_path):
     group = cgroups.create(1 << 30, 20)
+    if "pids" in group.missing:
+        group.remove()
+        pytest.skip(f"no writable pids controller here: {group.missing['pids']}")
     try:
         code = ("import os, time\nn = 0\nwhile n < 200:\n    try:\n        pid = os.fork()\n    except OSError:\n"
                 "        break\n    if pid == 0:\n        os.closerange(0, 3)\n        time.sleep(5)\n        os._exit(0)\n    n += 1\nprint(n)\n")
@@ -90,7 +111,11 @@ def test_without_a_pids_controller_an_unprivileged_user_gets_rlimit_nproc(monkey
     sandbox.limit_resources(limits, cgroups.CGroup())()
     assert applied[resource.RLIMIT_NPROC][0] in (132, resource.getrlimit(resource.RLIMIT_NPROC)[1])
     applied.clear()
-    sandbox.limit_resources(limits, cgroups.CGroup(dirs={"pids": ("v1", "/nowhere")}))  # not applied: no enter
+    with_pids = cgroups.CGroup(dirs={"pids": ("v1", Path("/nowhere"))})
+    monkeypatch.setattr(with_pids, "enter", lambda: None)
+    sandbox.limit_resources(limits, with_pids)()  # the pids controller does it: no RLIMIT_NPROC
+    assert resource.RLIMIT_NPROC not in applied and resource.RLIMIT_AS in applied
+    applied.clear()
     monkeypatch.setattr(os, "getuid", lambda: 0)
     sandbox.limit_resources(limits, None)()
     assert resource.RLIMIT_NPROC not in applied and applied[resource.RLIMIT_AS][0] <= limits.memory_bytes
@@ -129,3 +154,21 @@ def test_without_bwrap_a_notebook_that_fills_its_folder_is_stopped(tmp_path):
     finally:
         worker.close()
     assert sandbox.tree_bytes(tmp_path) > 8 << 20
+
+
+@pytest.mark.skipif(bool(sandbox.bwrap_problem()), reason="bubblewrap cannot run here")
+def test_inside_bwrap_the_lab_files_are_read_only_and_the_cgroup_tree_is_hidden(tmp_path):
+    (tmp_path / "data.txt").write_text("lab data")
+    (tmp_path / ".worker.log").touch()
+    code = ("import os\n"
+            "print(open('data.txt').read())\n"
+            "try:\n    open('data.txt', 'w')\nexcept OSError as e:\n    print('read-only', e.errno)\n"
+            "open('new.txt', 'w').write('x')\n"
+            "open('.worker.log', 'a').write('logged')\n"
+            "print(os.path.exists('/sys/fs/cgroup'), os.path.exists('/sys/fs/cgroup/memory'))\n")
+    argv, inside = sandbox.command([sys.executable, "-c", code], tmp_path, "bwrap", home_bytes=8 << 20)
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["lab data", "read-only 30", "False False"], proc.stdout
+    assert (tmp_path / ".worker.log").read_text() == "logged"  # the one file written through
+    assert not (tmp_path / "new.txt").exists() and (tmp_path / "data.txt").read_text() == "lab data"

@@ -7,8 +7,9 @@ the notebook's whole process tree uses, children included.
 
 The group is made under the grader's own group, in whichever hierarchy this machine mounts: cgroup v1
 (one folder per controller, ``/sys/fs/cgroup/memory`` ...) or v2 (one unified tree), controller by
-controller. It needs write access there (root, or a delegated v2 subtree); where a controller cannot be
-used, :func:`create` leaves it out and says which in :attr:`CGroup.missing`, and the caller falls back to
+controller. It needs write access there (root, or a delegated v2 subtree; v2 hands its memory controller
+down only from a group without processes, so a grader inside such a group gets pids and cpu only); where
+a controller cannot be used, :func:`create` leaves it out and says which in :attr:`CGroup.missing`, and the caller falls back to
 per-process limits (``coursekit.sandbox.limit_resources``: address space per process, ``RLIMIT_NPROC``
 for an unprivileged user).
 
@@ -17,6 +18,7 @@ for an unprivileged user).
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import signal
@@ -26,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 CONTROLLERS = ("memory", "pids", "cpu")
-ROOT = Path("/sys/fs/cgroup")
+_OPTIONAL = {"memory.swap.max", "memory.memsw.limit_in_bytes"}  # only where the kernel accounts swap
 CPU_SHARES = 1024  # v1 cpu.shares (v2 cpu.weight 100): every notebook the same share of the CPU
 
 
@@ -93,43 +95,74 @@ class CGroup:
                     break
                 except OSError:  # busy while the kernel reaps the last processes
                     time.sleep(0.02)
+            else:
+                print(f"coursekit: could not remove the cgroup {folder} (processes left in it)", file=sys.stderr)
         self.dirs.clear()
 
 
-def own_groups(proc_cgroup: str | None = None, root: Path = ROOT) -> dict[str, tuple[str, Path]]:
+def _mounts(mountinfo: str) -> list[tuple[str, set[str], str, Path]]:
+    """The cgroup mounts of /proc/self/mountinfo: (version, controllers, root inside the hierarchy, mount point)."""
+    out = []
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if " - " not in line or len(fields) < 5:
+            continue
+        after = line.split(" - ", 1)[1].split()
+        if len(after) < 3 or after[0] not in ("cgroup", "cgroup2"):
+            continue
+        root, point = fields[3], Path(fields[4].replace("\\040", " "))
+        controllers = set(after[2].split(",")) & set(CONTROLLERS) if after[0] == "cgroup" else set()
+        out.append(("v1" if after[0] == "cgroup" else "v2", controllers, root, point))
+    return out
+
+
+def own_groups(proc_cgroup: str | None = None, mountinfo: str | None = None) -> dict[str, tuple[str, Path]]:
     """controller -> (version, folder of this process's own group), for the controllers this machine
-    mounts (``/proc/self/cgroup``; v1 folders win over the v2 tree, a controller is only in one)."""
+    mounts: each line of ``/proc/self/cgroup`` is a path inside a hierarchy, and ``/proc/self/mountinfo``
+    says where that hierarchy is mounted and from which of its folders (a container sees its own group as
+    the mount's root). v1 folders win over the v2 tree; a controller is only ever in one."""
     text = proc_cgroup if proc_cgroup is not None else Path("/proc/self/cgroup").read_text()
+    mounts = _mounts(mountinfo if mountinfo is not None else Path("/proc/self/mountinfo").read_text())
     found: dict[str, tuple[str, Path]] = {}
+
+    def folder(root: str, point: Path, path: str) -> Path | None:
+        rel = os.path.relpath(path, root) if root != "/" else path.lstrip("/")
+        return None if rel.startswith("..") else point / ("" if rel == "." else rel)
+
     for line in text.splitlines():
-        hierarchy, controllers, path = line.split(":", 2)
-        rel = path.lstrip("/")
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        hierarchy, controllers, path = parts
         if hierarchy == "0" and not controllers:
-            for mount in (root, root / "unified"):
-                if (mount / "cgroup.controllers").exists():
-                    base = mount / rel
-                    try:
-                        available = (base / "cgroup.controllers").read_text().split()
-                    except OSError:
-                        available = []
-                    for name in CONTROLLERS:
-                        if name in available:
-                            found.setdefault(name, ("v2", base))
-                    break
+            for version, _, root, point in mounts:
+                base = folder(root, point, path) if version == "v2" else None
+                if base is None:
+                    continue
+                try:
+                    available = (base / "cgroup.controllers").read_text().split()
+                except OSError:
+                    available = []
+                for name in CONTROLLERS:
+                    if name in available:
+                        found.setdefault(name, ("v2", base))
+                break
         else:
-            for name in controllers.split(","):
-                if name in CONTROLLERS:
-                    for mount in (root / name, root / controllers):
-                        if mount.is_dir():
-                            found[name] = ("v1", mount / rel)
-                            break
+            wanted = set(controllers.split(",")) & set(CONTROLLERS)
+            for version, names, root, point in mounts:
+                if version == "v1" and wanted and wanted <= names:
+                    base = folder(root, point, path)
+                    if base is not None:
+                        for name in wanted:
+                            found[name] = ("v1", base)
+                    break
     return found
 
 
 def _limits(version: str, controller: str, memory_bytes: int, processes: int) -> dict[str, str]:
-    if controller == "memory":
-        return {"memory.limit_in_bytes": str(memory_bytes)} if version == "v1" else \
-            {"memory.max": str(memory_bytes), "memory.swap.max": "0"}
+    if controller == "memory":  # swap counted too (v1 memsw, v2 swap.max), where the kernel accounts it
+        return {"memory.limit_in_bytes": str(memory_bytes), "memory.memsw.limit_in_bytes": str(memory_bytes)} \
+            if version == "v1" else {"memory.max": str(memory_bytes), "memory.swap.max": "0"}
     if controller == "pids":
         return {"pids.max": str(processes)}
     return {"cpu.shares": str(CPU_SHARES)} if version == "v1" else {"cpu.weight": "100"}
@@ -146,7 +179,7 @@ def create(memory_bytes: int, processes: int, name: str | None = None,
     group = CGroup()
     try:
         groups = own_groups() if groups is None else groups
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         groups = {}
         group.missing = {c: f"cannot read /proc/self/cgroup ({exc})" for c in CONTROLLERS}
     for controller in CONTROLLERS:
@@ -163,15 +196,19 @@ def create(memory_bytes: int, processes: int, name: str | None = None,
             folder.mkdir(exist_ok=True)
             for key, value in _limits(version, controller, memory_bytes, processes).items():
                 target = folder / key
-                if target.exists() or key != "memory.swap.max":
+                if target.exists() or key not in _OPTIONAL:
                     target.write_text(value)
         except OSError as exc:
-            group.missing[controller] = f"{folder}: {exc.strerror or exc}"
-            if folder.exists() and not any(f == folder for _, f in group.dirs.values()):
-                try:
+            why = exc.strerror or str(exc)
+            if version == "v2" and exc.errno == errno.EBUSY:  # "no internal processes": the grader sits in base
+                why += (" (cgroup v2 hands the memory controller down only from a group without processes, "
+                        "and the grader runs in this one)")
+            group.missing[controller] = f"{folder}: {why}"
+            try:
+                if folder.exists() and not any(f == folder for _, f in group.dirs.values()):
                     folder.rmdir()
-                except OSError:
-                    pass
+            except OSError:
+                pass
             continue
         group.dirs[controller] = (version, folder)
     return group

@@ -30,6 +30,7 @@ import hashlib
 import hmac
 import io
 import json
+import operator
 import os
 import re
 import signal
@@ -89,6 +90,9 @@ class Guard:
         self.trusted_bindings: dict[str, object] = {}
         self.answer_names: set[str] = set()
         self.entries: list[list] = []  # [kind, owner, key, value, label]
+        self._fast_maps: list = []  # the entries regrouped by _fast_index
+        self._fast_funcs: list = []
+        self._fast_lens: list = []
         self.dirs: dict[int, set[str]] = {}  # class id -> attribute names visible at snapshot time
         self.sys_state: dict = {}
         self.signals: dict = {}
@@ -166,10 +170,48 @@ class Guard:
             stack.extend(k for k in c.co_consts if isinstance(k, types.CodeType))
 
     # -------------------------------------------------------------- restore / verify
+    def _fast_index(self) -> None:
+        """The snapshot regrouped for bulk identity checks (see :meth:`_unchanged`)."""
+        maps: dict[int, tuple] = {}
+        funcs: dict[str, tuple] = {}
+        self._fast_lens = []
+        for kind, owner, key, value, _ in self.entries:
+            if kind in ("dict", "module", "class"):
+                keys, values = maps.setdefault(id(owner), (owner, kind == "class", [], []))[2:]
+                keys.append(key)
+                values.append(value)
+            elif kind == "func":
+                objs, values = funcs.setdefault(key, ([], []))
+                objs.append(owner)
+                values.append(value)
+            elif kind == "classnew":
+                self._fast_lens.append((owner, len(owner.__dict__)))
+        self._fast_maps = [(owner, is_class, operator.itemgetter(*keys), tuple(values))
+                           for owner, is_class, keys, values in maps.values()]
+        self._fast_funcs = [(operator.attrgetter(attr), objs, tuple(values)) for attr, (objs, values) in funcs.items()]
+
+    def _unchanged(self) -> bool:
+        """Whether every recorded library attribute is still the recorded object, checked in bulk
+        (``itemgetter`` and ``map(operator.is_, ...)`` run in C). A test loop calls student code thousands
+        of times and a Python loop over the 16,000 entries of a lab that imports transformers took 2.4 ms a
+        call; this says only *whether* something changed, and :meth:`_drift` then finds what."""
+        try:
+            for owner, is_class, getter, saved in self._fast_maps:
+                now = getter(owner.__dict__ if is_class else owner)
+                if not all(map(operator.is_, now if len(saved) > 1 else (now,), saved)):
+                    return False
+        except KeyError:
+            return False
+        for getter, objs, saved in self._fast_funcs:
+            if not all(map(operator.is_, map(getter, objs), saved)):
+                return False
+        return all(len(cls.__dict__) == n for cls, n in self._fast_lens)
+
     def _drift(self, restore: bool) -> list[str]:
         """Differences between the environment and the snapshot (restored when ``restore``)."""
         changed = []
-        for entry in self.entries:
+        slow = not self._unchanged()
+        for entry in self.entries if slow else ():
             kind, owner, key, value, label = entry
             if kind == "dict":
                 current = owner.get(key, _MISSING)
@@ -211,6 +253,8 @@ class Guard:
                                 type.__delattr__(owner, key2)
                             except (TypeError, AttributeError):
                                 pass
+        if slow:
+            self._fast_index()  # after restoring, or after accepting a library's wrapper (entry[3] updated)
         for namespace, child, module, label in self.lazy_children:  # a lazily loaded submodule replaced
             current = namespace.get(child, _MISSING)
             if current is not _MISSING and current is not module:
@@ -261,6 +305,7 @@ class Guard:
             namespace = getattr(sys.modules.get(parent), "__dict__", None)
             if parent and isinstance(namespace, dict) and child not in namespace and isinstance(module, types.ModuleType):
                 self.lazy_children.append((namespace, child, module, f"{name} (a submodule)"))
+        self._fast_index()
 
     def before_trusted(self) -> list[str]:
         """Put the trusted environment back before instructor code runs; return what had changed."""

@@ -496,9 +496,24 @@ class Worker:
         self.workdir, self.mode = workdir, mode
         limits = options.limits
         # Without bwrap the home folder is the grading machine's disk: watched from here (see receive).
-        self.disk_limit = limits.disk_bytes if mode == "none" else None
+        # (what is there now, the lab's files, does not count).
+        self.disk_limit = limits.disk_bytes + sandbox.tree_bytes(workdir) if mode == "none" else None
         self._disk_checked = 0.0
         self.cgroup = cgroups.create(limits.memory_bytes, limits.processes) if options.cgroup else cgroups.CGroup()
+        try:
+            self._start(spec, workdir, options, mode, limits)
+        except BaseException:
+            self.cgroup.remove()
+            raise
+
+    @property
+    def isolation(self) -> str:
+        """The isolation column: the cgroup, which only binds code that cannot write to /sys/fs/cgroup (bwrap
+        hides it; without bwrap the notebook runs as the grading user and could raise its own limits)."""
+        text = self.cgroup.description
+        return text if self.mode == "bwrap" or not self.cgroup.dirs else f"{text}, not enforced without bwrap"
+
+    def _start(self, spec: LabSpec, workdir: Path, options: Options, mode: str, limits: sandbox.Limits) -> None:
         flag = ["-I"] if sys.version_info < (3, 11) else ["-s", "-P"]
         inner = [sys.executable, *flag, "-m", "coursekit.gradeworker"]  # coursekit is torch-free
         argv, inside = sandbox.command(inner, workdir, mode, home_bytes=limits.disk_bytes)
@@ -514,14 +529,10 @@ class Worker:
         }
         if os.environ.get("OMP_WAIT_POLICY"):  # PASSIVE on a machine busy with more (the test suite)
             env["OMP_WAIT_POLICY"] = os.environ["OMP_WAIT_POLICY"]
-        try:
-            self.proc = subprocess.Popen(
-                argv, cwd=workdir, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=open(self.log, "ab"), preexec_fn=sandbox.limit_resources(limits, self.cgroup),
-                start_new_session=True, close_fds=True)
-        except BaseException:
-            self.cgroup.remove()
-            raise
+        self.proc = subprocess.Popen(
+            argv, cwd=workdir, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=open(self.log, "ab"), preexec_fn=sandbox.limit_resources(limits, self.cgroup),
+            start_new_session=True, close_fds=True)
         self.buffer = b""
         self._send({"op": "init", "key": self.key.hex(), "preload": spec.preload, "answer_names": spec.answer_names})
 
@@ -685,7 +696,7 @@ def _execute(spec, steps, workdir, options, mode, start, result) -> dict[int, di
             try:
                 if worker is None:
                     worker = Worker(spec, workdir, options, mode)
-                    result.isolation = worker.cgroup.description
+                    result.isolation = worker.isolation
                     worker.receive(min(left, max(60.0, options.cell_timeout)))  # ready
                     for j in range(i):  # replay what ran before, so that the next cells find their state
                         if j in outcomes and not outcomes[j].get("died"):
@@ -807,9 +818,7 @@ def grade_many(spec: LabSpec, notebooks: dict[str, Path], options: Options | Non
                scratch: Path | None = None) -> dict[str, LabResult]:
     """Grade ``{student: notebook}`` in parallel (``options.workers`` at once)."""
     options = options or default_options()
-    mode, warning = sandbox.resolve_mode(options.sandbox)
-    if warning and options.sandbox != "none":  # asked for a sandbox and did not get one
-        print(f"WARNING: {warning}", file=sys.stderr, flush=True)
+    mode, _ = sandbox.resolve_mode(options.sandbox)  # raises when a sandbox was asked for and cannot run
     with tempfile.TemporaryDirectory(prefix="llmcourse-work-", dir=scratch) as tmp:
         os.chmod(tmp, 0o700)
 

@@ -3,13 +3,16 @@
 With bubblewrap (``bwrap``, Debian package ``bubblewrap``) the process gets new namespaces (no network,
 its own process tree, no capabilities) and a filesystem that holds only what it needs, read-only: the
 operating system's libraries, the Python installation and virtual environment, the course's
-packages, and the model cache. Its one writable folder is its own scratch folder (plus an empty
-``/tmp``). The instructor's solutions, the hidden tests, the gradebook, the grades and the other students'
-submissions are simply not there. Resource limits cap memory (address space), file sizes and core dumps;
-the grader adds a wall-clock limit and kills the whole process tree.
+packages, and the model cache. Its home folder is a tmpfs of ``--disk`` GiB (the lab's files in it
+read-only, its log the one file bound from the grading machine's disk), plus an empty ``/tmp``; ``/sys/fs/cgroup``
+is not there, so the notebook cannot change its own cgroup (``coursekit.cgroups``). The instructor's
+solutions, the hidden tests, the gradebook, the grades and the other students' submissions are simply not
+there. Resource limits cap memory (address space), file sizes and core dumps; the grader adds a
+wall-clock limit and kills the whole process tree.
 
-Without bubblewrap (``mode="none"``, or ``"auto"`` when it is missing) the process still runs on its own
-with the same resource limits, but sees the whole filesystem: the grader then says so loudly.
+Without bubblewrap (only with an explicit ``mode="none"``: ``"auto"`` stops when bwrap cannot run) the
+process still runs on its own with the same resource limits, but sees the whole filesystem, and as the
+grading user it could rewrite its own cgroup limits: the grader says so loudly.
 
     python -m coursekit.sandbox            # report whether the sandbox works here
 """
@@ -180,7 +183,10 @@ def limit_resources(limits: Limits, group=None):
 
     def apply() -> None:
         if group is not None:
-            group.enter()
+            try:
+                group.enter()
+            except OSError:  # the group vanished: the rlimits below still apply
+                pass
         for which, value in rules:
             soft, hard = resource.getrlimit(which)
             value = value if hard == resource.RLIM_INFINITY else min(value, hard)
@@ -190,7 +196,11 @@ def limit_resources(limits: Limits, group=None):
 
 
 def main() -> int:
-    mode, warning = resolve_mode("auto")
+    try:
+        mode, warning = resolve_mode("auto")
+    except RuntimeError as exc:
+        print(f"sandbox: none\n{exc}")
+        return 1
     print(f"sandbox: {mode}" + (f"\n{warning}" if warning else ""))
     if mode == "bwrap":
         print("read-only inside the sandbox:\n  " + "\n  ".join(str(p) for p in readonly_paths()))
