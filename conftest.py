@@ -151,6 +151,14 @@ def lab_spec(lab: str):
     return module
 
 
+def graded_cells(lab_py: Path) -> set[str]:
+    """The grade_ids of a lab's graded (test) cells."""
+    from coursekit import nbtools
+
+    return {c.metadata["nbgrader"]["grade_id"] for c in nbtools.read_py(lab_py).cells
+            if c.metadata.get("nbgrader", {}).get("grade")}
+
+
 def run_lab_in_process(lab_py: Path, answers: dict[str, str], run_tests: bool = False) -> tuple[dict, set[str]]:
     """Run a lab in-process as nbgrader would, cell by cell: setup and helper cells, the given answer
     cells and, with ``run_tests``, the test cells (hidden tests included). Returns the namespace and the

@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from coursekit import grading, nbtools
+from coursekit import grading
 from llmcourse import attention, params, positional, transformer
 
-from conftest import REPO, lab_spec, run_lab_in_process
+from conftest import REPO, graded_cells, lab_spec, run_lab_in_process
 
 LAB_PY = REPO / "solutions" / "lab1_transformers" / "lab1_transformers.py"
 
@@ -256,9 +256,7 @@ def test_solution_passes_every_test_cell():
 
 def test_unanswered_lab_fails_every_test_cell():
     _, failed = _lab_namespace({}, run_tests=True)
-    graded = {c.metadata["nbgrader"]["grade_id"] for c in nbtools.read_py(LAB_PY).cells
-              if c.metadata.get("nbgrader", {}).get("grade")}
-    assert failed == graded
+    assert failed == graded_cells(LAB_PY)
 
 
 @pytest.mark.parametrize("name", sorted(_mistakes()))

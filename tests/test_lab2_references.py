@@ -18,11 +18,11 @@ import pytest
 import torch
 from torch import nn
 
-from coursekit import grading, nbtools
+from coursekit import grading
 from llmcourse import lora
 from llmcourse import prompt_tuning as pt
 
-from conftest import REPO, lab_spec, run_lab_in_process
+from conftest import REPO, graded_cells, lab_spec, run_lab_in_process
 
 LAB_PY = REPO / "solutions" / "lab2_fine_tuning" / "lab2_fine_tuning.py"
 # peft calls a deprecated transformers method; the lab's quiet() hides it in the notebook, not here.
@@ -205,9 +205,7 @@ def test_solution_passes_every_test_cell_silently(capfd):
 # A quick version of tests/test_grading.py (no kernels, no nbgrader) that checks every mistake on its own.
 def test_unanswered_lab_fails_every_test_cell():
     _, failed = _lab_namespace({}, run_tests=True)
-    graded = {c.metadata["nbgrader"]["grade_id"] for c in nbtools.read_py(LAB_PY).cells
-              if c.metadata.get("nbgrader", {}).get("grade")}
-    assert failed == graded
+    assert failed == graded_cells(LAB_PY)
 
 
 @pytest.mark.parametrize("name", sorted(_mistakes()))

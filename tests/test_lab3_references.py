@@ -10,9 +10,9 @@ import math
 import pytest
 import torch
 
-from coursekit import grading, nbtools
+from coursekit import grading
 
-from conftest import REPO, lab_spec, run_lab_in_process
+from conftest import REPO, graded_cells, lab_spec, run_lab_in_process
 
 LAB_PY = REPO / "solutions" / "lab3_deployment" / "lab3_deployment.py"
 TEST_CELLS = {"absmax_test", "zeropoint_test", "alibi_test", "repeat_kv_test", "router_test", "tiled_test",
@@ -26,9 +26,7 @@ def _run_lab(answers: dict[str, str]) -> set[str]:
 
 
 def test_lab_has_the_parts_the_tests_expect():
-    nb = nbtools.read_py(LAB_PY)
-    graded = {c.metadata["nbgrader"]["grade_id"] for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade")}
-    assert graded == TEST_CELLS
+    assert graded_cells(LAB_PY) == TEST_CELLS
 
 
 def test_solution_passes_every_test_cell():

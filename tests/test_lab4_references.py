@@ -12,7 +12,7 @@ import torch
 
 from coursekit import grading, nbtools
 
-from conftest import REPO, lab_spec, run_lab_in_process
+from conftest import REPO, graded_cells, lab_spec, run_lab_in_process
 
 LAB_PY = REPO / "solutions" / "lab4_multimodal" / "lab4_multimodal.py"
 TEST_CELLS = {"patch_test", "clip_test", "class_embeddings_test", "zero_shot_test", "resampler_test",
@@ -32,9 +32,7 @@ SOLUTION = grading.answers_from_solution(LAB_PY)
 
 
 def test_lab_has_the_parts_the_tests_expect():
-    nb = nbtools.read_py(LAB_PY)
-    graded = {c.metadata["nbgrader"]["grade_id"] for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade")}
-    assert graded == TEST_CELLS
+    assert graded_cells(LAB_PY) == TEST_CELLS
 
 
 def test_solution_passes_every_test_cell():
