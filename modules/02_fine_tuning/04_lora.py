@@ -379,7 +379,8 @@ claim("m2-lora-smollm2", f"training loss {history.step_loss[0]:.3f} → {history
 # %% [markdown]
 # Latency: a forward pass (batch 1, 32 tokens) of the base model, of a model with an *unmerged* adapter on all
 # seven linear layers at rank 64 (where the overhead is easiest to see: 210 extra pairs of small matmuls), and
-# of the same model merged. The three are timed in turns, nine rounds, and we compare medians.
+# of the same model merged. The three are timed in turns, eleven rounds, and we compare each one's fastest pass
+# (a busy machine only ever adds time, so the minimum is the steadiest estimate).
 
 # %%
 import time
@@ -398,16 +399,16 @@ with torch.no_grad():
     assert_close(wide_merged(ids32).logits, wide(ids32).logits, rtol=1e-3, atol=1e-3)
     for m in (model, wide, wide_merged):
         m(ids32)  # warm-up
-    for _ in range(9):
+    for _ in range(11):
         for key, m in zip(timings, (model, wide, wide_merged)):
             start = time.perf_counter()
             m(ids32)
             timings[key].append(time.perf_counter() - start)
-t = {k: sorted(v)[len(v) // 2] for k, v in timings.items()}
-print(f"forward pass (1 x 32 tokens), medians: base {t['base'] * 1e3:.0f} ms, unmerged {t['unmerged'] * 1e3:.0f} ms, "
+t = {k: min(v) for k, v in timings.items()}
+print(f"forward pass (1 x 32 tokens), fastest of 11: base {t['base'] * 1e3:.0f} ms, unmerged {t['unmerged'] * 1e3:.0f} ms, "
       f"merged {t['merged'] * 1e3:.0f} ms")
 print(f"unmerged / base: {t['unmerged'] / t['base']:.2f}×, merged / base: {t['merged'] / t['base']:.2f}×")
-assert t["unmerged"] > 1.1 * t["merged"] and t["merged"] < 1.2 * t["base"]  # generous: a busy CPU is noisy
+assert t["unmerged"] > 1.1 * t["merged"] and t["merged"] < 1.2 * t["base"]  # generous: minima of a busy CPU still wobble
 claim("m2-lora-merge", f"{n_merged} adapters merged, logits change by less than 1e-3; forward pass (1 x 32 tokens, "
       f"r=64 on all 7 linears) unmerged / base {t['unmerged'] / t['base']:.2f}×, merged / base "
       f"{t['merged'] / t['base']:.2f}×")

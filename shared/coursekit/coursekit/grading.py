@@ -52,6 +52,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -275,11 +276,29 @@ class LabSpec:
         return cls(lab, cells, release_dir, _imports(code), sorted(_defined_names(answers)))
 
 
+# Notebooks are graded in threads, and CPython 3.11 keeps the AST constructor's recursion counter in
+# per-interpreter state: a thread switch inside ast.parse or compile (a garbage collection running a
+# finalizer is enough) can make another thread's parse raise "SystemError: AST constructor recursion
+# depth mismatch" (python/cpython#106905). Every parse and compile of the grader goes through this lock.
+_AST_LOCK = threading.Lock()
+
+
 def _parse(source: str) -> ast.Module | None:
-    try:
-        return ast.parse(source)
-    except SyntaxError:
-        return None
+    """The module's tree, or None when the source is not valid Python."""
+    with _AST_LOCK:
+        try:
+            return ast.parse(source)
+        except SyntaxError:
+            return None
+
+
+def _compiles(source: str) -> bool:
+    with _AST_LOCK:
+        try:
+            compile(source, "<segment>", "exec", dont_inherit=True)
+        except SyntaxError:
+            return False
+    return True
 
 
 def _imports(sources: list[str]) -> list[str]:
@@ -467,10 +486,7 @@ def _test_steps(cell: SpecCell) -> list[Step]:
         segments[-1][2].append(line)
     steps = [Step(cell.grade_id, "\n" * (first - 1) + "\n".join(lines), True, cell.grade_id, is_hidden, first)
              for is_hidden, first, lines in segments if any(s.strip() for s in lines)]
-    try:
-        for step in steps:
-            compile(step.source, "<segment>", "exec")
-    except SyntaxError:
+    if not all(_compiles(step.source) for step in steps):
         has_hidden = any(s.hidden for s in steps)
         steps = [Step(cell.grade_id, _MARKER.sub("", cell.source), True, cell.grade_id, has_hidden)]
     return steps or [Step(cell.grade_id, "pass", True, cell.grade_id)]
@@ -824,13 +840,18 @@ def grade_many(spec: LabSpec, notebooks: dict[str, Path], options: Options | Non
 
         def one(item):
             student, path = item
-            try:
-                return grade_notebook(spec, student, path, options, mode, Path(tmp))
-            except Exception as exc:  # noqa: BLE001 - a grader bug must not stop the class
-                result = LabResult(student, spec.lab, error=f"grader error: {type(exc).__name__}: {exc}", sandbox=mode)
-                result.max_scores = {c.grade_id: c.points for c in spec.tests}
-                result.scores = {gid: 0.0 for gid in result.max_scores}
-                return result
+            failures = []
+            for _ in range(2):  # a grader bug that is not the student's doing gets a second run
+                try:
+                    return grade_notebook(spec, student, path, options, mode, Path(tmp))
+                except Exception as exc:  # noqa: BLE001 - a grader bug must not stop the class
+                    failures.append(f"{type(exc).__name__}: {exc}")
+            result = LabResult(student, spec.lab, error="grader error: " + failures[-1], sandbox=mode)
+            result.max_scores = {c.grade_id: c.points for c in spec.tests}
+            result.scores = {gid: 0.0 for gid in result.max_scores}
+            result.review.append("the grader failed twice on this notebook (" + "; ".join(failures)
+                                 + "): grade it by hand or report the bug")
+            return result
 
         with ThreadPoolExecutor(max_workers=options.workers) as pool:
             results = list(pool.map(one, sorted(notebooks.items())))
