@@ -122,8 +122,21 @@ def test_progress_writes_to_stdout_and_can_be_disabled(capsys, monkeypatch):
 
 
 def test_benchmark_measures_median():
-    seconds = utils.benchmark(time.sleep, 0.01, warmup=0, repeat=3)
+    with utils.num_threads(2):
+        assert utils.timer() is time.perf_counter
+        seconds = utils.benchmark(time.sleep, 0.01, warmup=0, repeat=3)
     assert 0.009 < seconds < 0.5
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA machine may have initialised CUDA")
+def test_one_thread_benchmarks_count_cpu_time_not_waiting():
+    """Inside num_threads(1) the clock is the thread's CPU time: sleeping (or waiting for a core that
+    another process holds) costs nothing, computing does."""
+    with utils.num_threads(1):
+        assert utils.timer() is time.thread_time
+        assert utils.benchmark(time.sleep, 0.05, warmup=0, repeat=3) < 0.01
+        x = torch.randn(256, 256)
+        assert utils.benchmark(lambda: [x @ x for _ in range(20)], repeat=3) > 1e-4
     with pytest.raises(ValueError, match="repeat=0"):
         utils.benchmark(time.sleep, 0.0, repeat=0)
 
