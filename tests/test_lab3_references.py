@@ -130,6 +130,24 @@ def tiled_attention(q, k, v, block_size=16):
     return out
 ''',
     },
+    "keys_in_blocks_all_queries_at_once": {  # allowed: the (T, block) tile does not grow with S
+        "tiled_answer": '''
+def tiled_attention(q, k, v, block_size=16):
+    scale = q.shape[-1] ** -0.5
+    m = torch.full(q.shape[:-1], float("-inf"))
+    l = torch.zeros(q.shape[:-1])
+    acc = torch.zeros(q.shape)
+    for j in range(0, k.shape[-2], block_size):
+        s = (q @ k[..., j:j + block_size, :].transpose(-2, -1)) * scale  # (..., T, bk)
+        m_new = torch.maximum(m, s.amax(dim=-1))
+        p = torch.exp(s - m_new[..., None])
+        alpha = torch.exp(m - m_new)
+        l = l * alpha + p.sum(dim=-1)
+        acc = acc * alpha[..., None] + p @ v[..., j:j + block_size, :]
+        m = m_new
+    return acc / l[..., None]
+''',
+    },
 }
 
 

@@ -384,6 +384,12 @@ for _T in (1, 2, 3, 5, 8, 13):
     assert _wrong == 0, (f"causal_mask({_T}) has {_wrong} wrong entries: a position may attend to itself and to "
                          "earlier positions, never to later ones")
 assert causal_mask(3, device=torch.device("cpu")).device.type == "cpu", "causal_mask must accept device="
+# The mask is made on the device asked for (a "meta" tensor has a device and a shape but no data: free to make).
+for _device in ("meta", torch.device("meta")):
+    _got = causal_mask(5, device=_device)
+    assert _got.device.type == "meta" and _got.shape == (5, 5) and _got.dtype == torch.bool, (
+        f"causal_mask(5, device={_device!r}) is on {_got.device}: create the mask on `device` (pass device= "
+        "when you make the tensor), so that a model on a GPU does not copy it there at every step")
 
 # End to end with the reference attention: changing future tokens leaves every earlier output unchanged.
 torch.manual_seed(103)

@@ -437,6 +437,18 @@ expect_close(top_k_route(_balanced, 1)[2], torch.tensor(1.0), "loss of a balance
 _collapsed = torch.zeros(32, 8)
 _collapsed[:, 3] = 30.0
 expect_close(top_k_route(_collapsed, 1)[2], torch.tensor(8.0), "loss of a router that picks one expert", atol=1e-3)
+# Probabilities in float32 whatever the logits' dtype: a bfloat16 softmax is off by up to 0.4%.
+for _dtype in (torch.bfloat16, torch.float16, torch.float64):
+    _logits = (torch.randn(64, 8) * 3).to(_dtype)
+    _w, _i, _aux = top_k_route(_logits, 2)
+    assert _w.dtype == torch.float32 and _aux.dtype == torch.float32, (
+        f"{_dtype} logits: weights and aux_loss must be float32 (softmax in float32), got {_w.dtype}, {_aux.dtype}")
+    assert _i.dtype == torch.int64, f"{_dtype} logits: indices must be int64, got {_i.dtype}"
+    _ref = ref_moe.top_k_route(_logits, 2)
+    _w, _i = _sorted_route(_w, _i)
+    _rw, _ri = _sorted_route(_ref.weights, _ref.indices)
+    expect_close(_w, _rw, f"{_dtype} logits: weights", atol=1e-6, rtol=1e-5)
+    expect_close(_aux, _ref.aux_loss, f"{_dtype} logits: load-balancing loss", atol=1e-6, rtol=1e-5)
 # Gradients reach the router through both the weights and the loss.
 _logits = torch.randn(16, 4, requires_grad=True)
 _w, _i, _aux = top_k_route(_logits, 1)
@@ -464,9 +476,10 @@ expect_close(_logits.grad, _expected_grad, "gradient of weights.sum() + aux_loss
 # `(..., S, D)` (the same leading dimensions); no mask. Return the output `(..., T, D)`, equal to
 # `softmax(q k^T / sqrt(D)) v`.
 #
-# Process queries in blocks of `block_size` rows and keys in blocks of `block_size` rows (the last
-# blocks may be shorter). **No tensor you create may be larger than the output**: no `(T, S)` score
-# matrix, and no `(block_size, S)` strip of scores either. The hidden tests measure it.
+# Process keys in blocks of `block_size` rows (the last block may be shorter); queries may go in blocks
+# too. **No tensor you create may grow with the number of keys $S$**: the largest may hold
+# $\max(T D, T \cdot \text{block\_size})$ numbers, so no `(T, S)` score matrix, and no strip of scores
+# against all $S$ keys either (not even one query row at a time). The hidden tests measure it.
 
 # %% nbgrader={"grade": false, "grade_id": "tiled_answer", "locked": false, "schema_version": 3, "solution": true}
 def tiled_attention(q, k, v, block_size=16):
@@ -515,11 +528,14 @@ for _args in (((), 37, 37, 16, 8), ((2,), 1, 5, 4, 16), ((3,), 9, 1, 4, 2), ((2,
               ((1,), 16, 16, 8, 1), ((1,), 12, 30, 8, 64)):
     _check_tiled(*_args)
 _check_tiled((2,), 40, 40, 32, 8, spread=6.0, atol=1e-4, rtol=1e-3)  # large scores: exp overflows without the max
-# Memory: nothing bigger than the output, (T, D) = 512 x 8 floats here.
-_q, _k, _v = torch.randn(512, 8), torch.randn(512, 8), torch.randn(512, 8)
-_largest = ref_flash.peak_memory_bytes(tiled_attention, _q, _k, _v, 16).largest
-assert _largest <= 512 * 8 * 4, (f"the largest tensor created has {_largest // 4} floats, more than the output's "
-                                 f"{512 * 8}: scores must be computed one (block, block) tile at a time")
+# Memory: no tensor grows with the number of keys S; the largest may hold max(T * D, T * block) floats.
+for _T, _S in ((512, 512), (16, 4096)):
+    _q, _k, _v = torch.randn(_T, 8), torch.randn(_S, 8), torch.randn(_S, 8)
+    _largest = ref_flash.peak_memory_bytes(tiled_attention, _q, _k, _v, 16).largest
+    _limit = max(_T * 8, _T * 16)
+    assert _largest <= _limit * 4, (
+        f"T={_T} queries, S={_S} keys, blocks of 16: the largest tensor created has {_largest // 4} floats, more "
+        f"than max(T * D, T * block) = {_limit}: scores must be computed one block of keys at a time")
 ### END HIDDEN TESTS
 
 # %% [markdown]

@@ -57,6 +57,10 @@ MISTAKES = {
         "answers": edit("causal_mask_answer", (".tril()", "return torch.ones(T, T, dtype=torch.bool, device=device).tril(-1)")),
         "fails": {"causal_mask_test"},
     },
+    "causal_ignores_device": {  # right values, always on the CPU: a model on a GPU copies the mask every step
+        "answers": edit("causal_mask_answer", (".tril()", "return torch.ones(T, T, dtype=torch.bool).tril()")),
+        "fails": {"causal_mask_test"},
+    },
     "causal_one_future_token": {
         "answers": edit("causal_mask_answer", (".tril()", "return torch.ones(T, T, dtype=torch.bool, device=device).tril(1)")),
         "fails": {"causal_mask_test"},
@@ -115,6 +119,6 @@ SUBMISSIONS = [  # every mistake appears exactly once
     ("post_norm", "positional_i_not_2i"),
     ("mask_after_softmax", "causal_one_future_token", "heads_merged_wrong", "params_no_layer_norms"),
     ("transpose_with_T", "params_no_positions"),
-    ("params_untied_head",),
+    ("params_untied_head", "causal_ignores_device"),
 ]
 WRONG = grading.combine_mistakes(MISTAKES, SUBMISSIONS)

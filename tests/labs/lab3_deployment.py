@@ -27,6 +27,15 @@ FULL_SCORE_ATTENTION = '''def tiled_attention(q, k, v, block_size=16):
     return torch.softmax(scores, dim=-1) @ v
 '''
 
+ROW_AT_A_TIME_ATTENTION = '''def tiled_attention(q, k, v, block_size=16):
+    """Exact softmax one query row at a time: right values, but each row's scores span all S keys."""
+    out = torch.empty_like(q)
+    for i in range(q.shape[-2]):
+        s = q[..., i:i + 1, :] @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (..., 1, S)
+        out[..., i:i + 1, :] = torch.softmax(s, dim=-1) @ v
+    return out
+'''
+
 MISTAKES = {
     # Part 1: absmax
     "absmax_scale_from_mean": {  # the largest values fall off the grid and are clamped
@@ -71,6 +80,11 @@ MISTAKES = {
         "answers": edit("router_answer", ("aux_loss = E *", "aux_loss = (f * P).sum()")),
         "fails": {"router_test"},
     },
+    "router_softmax_in_input_dtype": {  # bf16 logits give a bf16 softmax: probabilities off by up to 0.4%
+        "answers": edit("router_answer", ("probs = torch.softmax(logits.float(), dim=-1)",
+                                          "probs = torch.softmax(logits, dim=-1).float()")),
+        "fails": {"router_test"},
+    },
     "router_fraction_over_tokens": {  # dividing by N, not N * k: f sums to k for top-k routing
         "answers": edit("router_answer", ("f = torch.bincount(", "f = torch.bincount(indices.reshape(-1), minlength=E).float() / N")),
         "fails": {"router_test"},
@@ -82,6 +96,10 @@ MISTAKES = {
     },
     "tiled_output_not_rescaled": {
         "answers": edit("tiled_answer", ("acc = acc * alpha", "acc = acc + p @ v[..., j:j + block_size, :]")),
+        "fails": {"tiled_test"},
+    },
+    "tiled_exact_row_at_a_time": {  # right values, and small for T = S, but a (1, S) row grows with the keys
+        "answers": {"tiled_answer": ROW_AT_A_TIME_ATTENTION},
         "fails": {"tiled_test"},
     },
     "tiled_full_score_matrix": {  # right values, quadratic memory: caught by the hidden memory check
@@ -112,6 +130,6 @@ SUBMISSIONS = [  # every mistake appears exactly once
     ("zeropoint_not_clamped", "alibi_sign_flipped", "router_softmax_after_topk", "tiled_sum_not_rescaled"),
     ("router_loss_not_scaled", "tiled_full_score_matrix", "cascade_escalates_the_confident"),
     ("router_fraction_over_tokens", "tiled_output_not_rescaled", "cascade_strict_threshold"),
-    ("cascade_escalation_skips_small_cost",),
+    ("router_softmax_in_input_dtype", "tiled_exact_row_at_a_time", "cascade_escalation_skips_small_cost"),
 ]
 WRONG = grading.combine_mistakes(MISTAKES, SUBMISSIONS)
